@@ -1,0 +1,175 @@
+"""The tritonvision client exception tree.
+
+Every error the client raises derives from :class:`TritonVisionError`, so one
+``except TritonVisionError`` catches them all; the subclasses let callers react
+to one kind of failure. Where a built-in fits, the subclass inherits it too
+(a timeout is also a ``TimeoutError``, bad input also a ``ValueError``)::
+
+    TritonVisionError
+    ├── InvalidInput (ValueError)            an argument or source the client cannot use
+    │   └── ImageTooLarge                    base64 / byte size over the configured limit
+    ├── FetchError                           fetching an image URL failed
+    │   ├── FetchStatusError                 the server answered 4xx/5xx (``status``)
+    │   ├── FetchTimeout (TimeoutError)      connect/read deadline passed
+    │   ├── FetchTooLarge                    body bigger than ``max_fetch_bytes``
+    │   └── BlockedAddress                   URL resolves to a private/internal address, or bad scheme
+    ├── DecodeError (ValueError)             the bytes are not a usable image
+    │   └── DecompressionBomb                more pixels than ``max_image_pixels``
+    ├── ServerError                          Triton answered with an error (``status``, ``server_message``)
+    │   └── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
+    ├── ServerUnavailable (ConnectionError)  cannot reach Triton (refused, reset, DNS)
+    ├── RequestTimeout (TimeoutError)        Triton did not answer within the request timeout
+    ├── ModelConfigError                     the model does not publish what the client needs
+    └── RuntimeUnavailable (RuntimeError)    the client is closed or its loop thread died
+        └── ClientClosed                     ``close()`` was called
+
+Each message names the input it is about (``source=...``), so a failing item in a
+batch of thousands can be found.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockedAddress",
+    "ClientClosed",
+    "DecodeError",
+    "DecompressionBomb",
+    "FetchError",
+    "FetchStatusError",
+    "FetchTimeout",
+    "FetchTooLarge",
+    "ImageTooLarge",
+    "InvalidInput",
+    "ModelConfigError",
+    "RequestTimeout",
+    "RuntimeUnavailable",
+    "ServerError",
+    "ServerOverloaded",
+    "ServerUnavailable",
+    "TritonVisionError",
+    "describe_source",
+]
+
+_MAX_SOURCE_REPR = 96
+
+
+def describe_source(source: object) -> str:
+    """A short, log-safe description of an input, for error messages."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, str):
+        if source.startswith("data:") or len(source) > _MAX_SOURCE_REPR:
+            return repr(source[:40] + f"...<{len(source)} chars>")
+        return repr(source)
+    name = type(source).__name__
+    size = getattr(source, "size", None)
+    return f"<{name} size={size}>" if size is not None else f"<{name}>"
+
+
+class TritonVisionError(Exception):
+    """Root of every error raised by tritonvision's client.
+
+    ``source`` is the input the error is about (a path, URL, index...), or None.
+    """
+
+    def __init__(self, message: str, *, source: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep keyword-only fields across pickling (errors cross process pools).
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[TritonVisionError], message: str, state: dict[str, object]) -> object:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class InvalidInput(TritonVisionError, ValueError):
+    """An argument or image source the client cannot use."""
+
+
+class ImageTooLarge(InvalidInput):
+    """An inline image (bytes or base64) is bigger than the configured limit."""
+
+
+class FetchError(TritonVisionError):
+    """Fetching an image URL failed."""
+
+
+class FetchStatusError(FetchError):
+    """The image server answered with an HTTP error status."""
+
+    def __init__(self, message: str, *, source: object = None, status: int) -> None:
+        super().__init__(message, source=source)
+        self.status = status
+
+
+class FetchTimeout(FetchError, TimeoutError):
+    """Connecting to, or reading from, an image URL took too long."""
+
+
+class FetchTooLarge(FetchError):
+    """An image URL's body is larger than ``max_fetch_bytes``."""
+
+
+class BlockedAddress(FetchError):
+    """A URL is refused by the URL policy (scheme, or an internal address)."""
+
+
+class DecodeError(TritonVisionError, ValueError):
+    """The bytes are not an image Pillow can decode, or the image is truncated."""
+
+
+class DecompressionBomb(DecodeError):
+    """The image declares more pixels than ``max_image_pixels``."""
+
+
+class ServerError(TritonVisionError):
+    """Triton answered a request with an error.
+
+    ``status`` is the HTTP status (or the gRPC status code's HTTP equivalent),
+    ``server_message`` Triton's own text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: object = None,
+        status: int,
+        server_message: str = "",
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, source=source)
+        self.status = status
+        self.server_message = server_message
+        self.model = model
+
+
+class ServerOverloaded(ServerError):
+    """Triton refused work for now (503, gRPC UNAVAILABLE, queue full): worth a retry."""
+
+
+class ServerUnavailable(TritonVisionError, ConnectionError):
+    """Triton cannot be reached (connection refused/reset, DNS failure)."""
+
+
+class RequestTimeout(TritonVisionError, TimeoutError):
+    """Triton did not answer within the request timeout."""
+
+
+class ModelConfigError(TritonVisionError):
+    """The model's config lacks what the client needs (e.g. published preprocessing)."""
+
+
+class RuntimeUnavailable(TritonVisionError, RuntimeError):
+    """The client's shared runtime cannot take work: closed, or its loop thread died."""
+
+
+class ClientClosed(RuntimeUnavailable):
+    """The client was closed; calls after ``close()`` fail at once."""

@@ -1,0 +1,1 @@
+"""Python-backend model implementations that Triton loads."""

@@ -1,0 +1,87 @@
+"""Triton python-backend model that runs an ONNX file through ONNX Runtime.
+
+Used only by the embedded CPU server (``tritonvision serve``): the wheel's tritonserver has
+no onnxruntime backend, so the runtime repository points this model at the very
+``model.onnx`` that Triton's onnxruntime backend loads in production. Triton's dynamic
+batcher hands ``execute`` several requests at once; we run them as ONE ONNX Runtime call
+(that is where batching pays) and split the result back per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+ONNX_FILE_PARAMETER = "tritonvision.onnx_file"
+THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
+
+_NP_FROM_TRITON = {
+    "TYPE_UINT8": np.uint8,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+}
+
+
+def _parameter(config: dict[str, Any], key: str, default: str = "") -> str:
+    value = config.get("parameters", {}).get(key, {})
+    return str(value.get("string_value", default)) if isinstance(value, dict) else default
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        import onnxruntime as ort
+
+        config = json.loads(args["model_config"])
+        self.model_name = config["name"]
+        onnx_name = _parameter(config, ONNX_FILE_PARAMETER, "model.onnx")
+        path = Path(args["model_repository"]) / args["model_version"] / onnx_name
+        threads = _parameter(config, THREADS_PARAMETER) or os.environ.get(
+            "TRITONVISION_ORT_THREADS", ""
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+        # One Triton instance = one inference at a time; inter-op threads would only contend.
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.inputs = [(i["name"], _NP_FROM_TRITON[i["data_type"]]) for i in config["input"]]
+        self.outputs = [(o["name"], _NP_FROM_TRITON[o["data_type"]]) for o in config["output"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        counts: list[int] = []
+        feeds: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.inputs}
+        for request in requests:
+            for name, dtype in self.inputs:
+                array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                feeds[name].append(np.ascontiguousarray(array, dtype=dtype))
+            counts.append(len(feeds[self.inputs[0][0]][-1]))
+        batch = {
+            name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            for name, arrays in feeds.items()
+        }
+        try:
+            results = self.session.run([name for name, _ in self.outputs], batch)
+        except Exception as exc:  # noqa: BLE001 - ORT raises plain exceptions; every request must get an answer
+            error = pb_utils.TritonError(f"{self.model_name}: ONNX Runtime failed: {exc}")
+            return [pb_utils.InferenceResponse(error=error) for _ in requests]
+
+        responses = []
+        start = 0
+        for count in counts:
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(result[start : start + count], dtype=dtype))
+                for (name, dtype), result in zip(self.outputs, results, strict=True)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += count
+        return responses

@@ -1,0 +1,71 @@
+"""Triton python-backend model: encoded image bytes in, the encoder's uint8 pixels out.
+
+This is the first step of the ``<name>_images`` ensemble, for people who call Triton
+directly with raw JPEG/PNG/WebP bytes. It decodes with the same code the client uses
+(:mod:`tritonvision.client._imaging`), reading the preprocessing spec from its own
+config ``parameters`` (written by ``tritonvision export``).
+
+The bytes are untrusted: decoding is bounded by a pixel limit, an undecodable item
+fails only its own request with a message naming the item, and nothing here can take
+the stub process down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from tritonvision.client._errors import TritonVisionError
+from tritonvision.client._imaging import DEFAULT_MAX_IMAGE_PIXELS, PreprocessSpec, load_image_pixels
+
+SPEC_PARAMETER = "tritonvision.preprocessing"
+MAX_PIXELS_PARAMETER = "tritonvision.max_image_pixels"
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        parameters = config.get("parameters", {})
+        self.model_name = config["name"]
+        try:
+            spec_json = parameters[SPEC_PARAMETER]["string_value"]
+        except KeyError as exc:
+            raise pb_utils.TritonModelException(
+                f"{self.model_name}: config parameter '{SPEC_PARAMETER}' is missing"
+            ) from exc
+        self.spec = PreprocessSpec.from_json(spec_json)
+        max_pixels = parameters.get(MAX_PIXELS_PARAMETER, {}).get("string_value", "")
+        self.max_pixels = int(max_pixels) if max_pixels else DEFAULT_MAX_IMAGE_PIXELS
+        # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+
+    def _decode(self, item: tuple[int, bytes]) -> np.ndarray:
+        index, data = item
+        return load_image_pixels(data, self.spec, source=f"images[{index}]", max_pixels=self.max_pixels)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
+            items = [(i, bytes(row.reshape(-1)[0])) for i, row in enumerate(images)]
+            try:
+                pixels = np.stack(list(self.pool.map(self._decode, items)))
+            except TritonVisionError as exc:
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.model_name}: {exc}"))
+                )
+                continue
+            except Exception as exc:  # noqa: BLE001 - untrusted bytes: never let one item kill the stub
+                message = f"{self.model_name}: cannot preprocess image: {type(exc).__name__}: {exc}"
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("pixels", pixels)]))
+        return responses
+
+    def finalize(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,82 @@
+"""Session fixtures: a tiny exported encoder served by the real ``tritonserver``, started once.
+
+Everything end-to-end in this suite talks to this one real Triton (no fakes): the tiny
+CLIP export keeps it fast on a 2-core CI machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TINY_MODEL = "tiny_clip"
+
+
+@dataclass(frozen=True)
+class TritonFixture:
+    http_url: str
+    grpc_url: str
+    metrics_url: str
+    model: str
+    embedding_dim: int
+    repository: Path
+    server: object  # tritonvision.serve.LocalTriton
+
+    @property
+    def images_model(self) -> str:
+        return f"{self.model}_images"
+
+
+def tiny_clip_config() -> object:
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding the tiny CLIP encoder, its preprocess model and ensemble."""
+    from tritonvision.export import ExportOptions, builtin_encoder, export_encoder
+
+    repo = tmp_path_factory.mktemp("repo")
+    export_encoder(
+        builtin_encoder(tiny_clip_config()),
+        ExportOptions(repository=repo, name=TINY_MODEL, max_batch_size=16, max_queue_delay_us=5000),
+    )
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(tiny_repository: Path) -> Iterator[TritonFixture]:
+    """The real tritonserver, once per test session, on free ports."""
+    from tritonvision.serve import LocalTriton, ServerPorts, free_port
+
+    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
+    server = LocalTriton(tiny_repository, ports=ports)
+    # Two ORT threads per instance would oversubscribe CI's 2 cores next to the client.
+    os.environ.setdefault("TRITONVISION_ORT_THREADS", "1")
+    server.start(ready_timeout_s=180)
+    try:
+        yield TritonFixture(
+            http_url=server.http_url,
+            grpc_url=server.grpc_url,
+            metrics_url=server.metrics_url,
+            model=TINY_MODEL,
+            embedding_dim=16,
+            repository=tiny_repository,
+            server=server,
+        )
+    finally:
+        server.stop()

@@ -1,0 +1,5 @@
+import sys
+
+from tritonvision.cli import main
+
+sys.exit(main())
