@@ -1,0 +1,90 @@
+"""Export vision encoders to ONNX and write Triton model repositories.
+
+``export_model(ExportOptions(...))`` loads a CLIP/SigLIP checkpoint (or builds the built-in,
+UNTRAINED CLIP ViT-B/32), exports ``pixels uint8 [N,H,W,3] -> embeddings fp32 [N,D]`` to one
+ONNX file, validates it against PyTorch with ONNX Runtime (a mismatch raises
+:class:`ExportValidationError`), and writes the encoder, preprocess and ensemble models of
+docs/DESIGN.md. ``write_repository_configs`` writes the configs alone; ``verify_server``
+compares a live Triton with PyTorch.
+
+Importing this package is cheap: torch, onnx, onnxruntime and transformers are imported
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from ._api import ExportResult, export_encoder, export_model
+from ._encoders import (
+    BUILTIN_SOURCE,
+    ENCODER_FAMILIES,
+    EncoderFamily,
+    LoadedEncoder,
+    ModelInfo,
+    Tolerance,
+    builtin_encoder,
+    builtin_model_info,
+    describe_checkpoint,
+    load_encoder,
+)
+from ._errors import CheckpointError, ExportError, ExportValidationError, VerificationError
+from ._options import (
+    DEFAULT_INSTANCES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_NAME,
+    DEFAULT_PREPROCESS_INSTANCES,
+    DEFAULT_REPOSITORY,
+    DEFAULT_VERSION,
+    ExportOptions,
+)
+from ._repository import (
+    PREPROCESS_MODEL_PY,
+    RepositoryFiles,
+    describe_model,
+    repository_files,
+    write_repository_configs,
+)
+from ._validate import ValidationReport, validate_onnx
+from ._verify import DEFAULT_SERVER, VerifyReport, sample_images, verify_model, verify_server
+
+__all__ = [
+    "BUILTIN_SOURCE",
+    "DEFAULT_INSTANCES",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_QUEUE_DELAY_US",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_NAME",
+    "DEFAULT_PREPROCESS_INSTANCES",
+    "DEFAULT_REPOSITORY",
+    "DEFAULT_SERVER",
+    "DEFAULT_VERSION",
+    "ENCODER_FAMILIES",
+    "PREPROCESS_MODEL_PY",
+    "CheckpointError",
+    "EncoderFamily",
+    "ExportError",
+    "ExportOptions",
+    "ExportResult",
+    "ExportValidationError",
+    "LoadedEncoder",
+    "ModelInfo",
+    "RepositoryFiles",
+    "Tolerance",
+    "ValidationReport",
+    "VerificationError",
+    "VerifyReport",
+    "builtin_encoder",
+    "builtin_model_info",
+    "describe_checkpoint",
+    "describe_model",
+    "export_encoder",
+    "export_model",
+    "load_encoder",
+    "repository_files",
+    "sample_images",
+    "validate_onnx",
+    "verify_model",
+    "verify_server",
+    "write_repository_configs",
+]

@@ -1,0 +1,92 @@
+"""Export settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_INSTANCES",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DEFAULT_MAX_QUEUE_DELAY_US",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_NAME",
+    "DEFAULT_PREPROCESS_INSTANCES",
+    "DEFAULT_REPOSITORY",
+    "DEFAULT_VERSION",
+    "ExportOptions",
+]
+
+DEFAULT_REPOSITORY = Path("model_repository")
+DEFAULT_NAME = "vision_encoder"
+DEFAULT_VERSION = 1
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_QUEUE_DELAY_US = 2000
+DEFAULT_MAX_QUEUE_SIZE = 256
+DEFAULT_INSTANCES = 1
+DEFAULT_PREPROCESS_INSTANCES = 2
+DEFAULT_VALIDATION_BATCH_SIZES = (1, 3)
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What to export and how the Triton repository serves it.
+
+    ``checkpoint=None`` exports the built-in default (seeded, UNTRAINED CLIP ViT-B/32).
+    ``tensorrt`` adds ORT's TensorRT accelerator (FP16) to the encoder config: the GPU
+    deployment's choice; Triton only applies it to GPU instances.
+    """
+
+    checkpoint: Path | None = None
+    repository: Path = DEFAULT_REPOSITORY
+    name: str = DEFAULT_NAME
+    version: int = DEFAULT_VERSION
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    fp16: bool = False
+    normalize: bool = True
+    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instances: int = DEFAULT_INSTANCES
+    preprocess_instances: int = DEFAULT_PREPROCESS_INSTANCES
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    tensorrt: bool = True
+    validation_batch_sizes: tuple[int, ...] = field(default=DEFAULT_VALIDATION_BATCH_SIZES)
+
+    def __post_init__(self) -> None:
+        if self.checkpoint is not None and not isinstance(self.checkpoint, Path):
+            object.__setattr__(self, "checkpoint", Path(self.checkpoint))
+        if not isinstance(self.repository, Path):
+            object.__setattr__(self, "repository", Path(self.repository))
+        if not _MODEL_NAME.fullmatch(self.name):
+            raise ValueError(f"name={self.name!r}: use letters, digits, '_', '.', '-'")
+        for attr in ("version", "max_batch_size", "instances", "preprocess_instances"):
+            if getattr(self, attr) < 1:
+                raise ValueError(f"{attr}={getattr(self, attr)!r} must be >= 1")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us={self.max_queue_delay_us!r} must be >= 0")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size={self.max_queue_size!r} must be >= 1")
+        preferred = tuple(sorted(set(self.preferred_batch_sizes)))
+        bad = [b for b in preferred if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(
+                f"preferred_batch_sizes {bad} outside 1..max_batch_size ({self.max_batch_size})"
+            )
+        object.__setattr__(self, "preferred_batch_sizes", preferred)
+        sizes = tuple(self.validation_batch_sizes)
+        if len(set(sizes)) < 2 or min(sizes) < 1 or max(sizes) < 2:
+            raise ValueError(
+                f"validation_batch_sizes={sizes!r}: need two distinct sizes >= 1, one of them > 1"
+            )
+        object.__setattr__(self, "validation_batch_sizes", sizes)
+
+    @property
+    def preprocess_name(self) -> str:
+        return f"{self.name}_preprocess"
+
+    @property
+    def ensemble_name(self) -> str:
+        return f"{self.name}_images"
