@@ -12,10 +12,10 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
     │   ├── FetchStatusError                 the server answered 4xx/5xx (``status``)
     │   ├── FetchTimeout (TimeoutError)      connect/read deadline passed
     │   ├── FetchTooLarge                    body bigger than ``max_fetch_bytes``
-    │   └── BlockedAddress                   URL resolves to a private/internal address, or bad scheme
+    │   └── BlockedAddress                   URL refused: internal address or bad scheme
     ├── DecodeError (ValueError)             the bytes are not a usable image
     │   └── DecompressionBomb                more pixels than ``max_image_pixels``
-    ├── ServerError                          Triton answered with an error (``status``, ``server_message``)
+    ├── ServerError                          Triton answered an error (status, message)
     │   └── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
     ├── ServerUnavailable (ConnectionError)  cannot reach Triton (refused, reset, DNS)
     ├── RequestTimeout (TimeoutError)        Triton did not answer within the request timeout
