@@ -16,18 +16,22 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
     ├── DecodeError (ValueError)             the bytes are not a usable image
     │   └── DecompressionBomb                more pixels than ``max_image_pixels``
     ├── ServerError                          Triton answered an error (status, message)
-    │   └── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
+    │   ├── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
+    │   └── ProtocolError                    a malformed answer (``client._protocol``)
     ├── ServerUnavailable (ConnectionError)  cannot reach Triton (refused, reset, DNS)
     ├── RequestTimeout (TimeoutError)        Triton did not answer within the request timeout
     ├── ModelConfigError                     the model does not publish what the client needs
-    └── RuntimeUnavailable (RuntimeError)    the client is closed or its loop thread died
-        └── ClientClosed                     ``close()`` was called
+    ├── RuntimeUnavailable (RuntimeError)    the client is closed or its loop thread died
+    │   └── ClientClosed                     ``close()`` was called
+    └── BatchError                           ``BatchEmbedding.raise_for_errors()`` (``.errors``)
 
 Each message names the input it is about (``source=...``), so a failing item in a
 batch of thousands can be found.
 """
 
 from __future__ import annotations
+
+import os
 
 __all__ = [
     "BlockedAddress",
@@ -57,6 +61,8 @@ def describe_source(source: object) -> str:
     """A short, log-safe description of an input, for error messages."""
     if isinstance(source, bytes | bytearray | memoryview):
         return f"<{len(source)} bytes>"
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if isinstance(source, str):
         if source.startswith("data:") or len(source) > _MAX_SOURCE_REPR:
             return repr(source[:40] + f"...<{len(source)} chars>")

@@ -1,0 +1,126 @@
+"""tritonvision's client: embed images with a vision encoder served by Triton.
+
+One async core (:class:`AsyncVisionClient`) and a thin blocking face
+(:class:`VisionClient`) that runs it on one background event-loop thread. Each client
+owns exactly one event loop's worth of resources, made once and shared by every call:
+one ``aiohttp.ClientSession`` (Triton over HTTP and every image URL), one gRPC channel
+in ``grpc://`` mode, one decode thread pool. No call creates its own loop, session or
+channel; once a client is closed (or its loop thread died) calls fail at once with
+:class:`ClientClosed` / :class:`RuntimeUnavailable` instead of hanging.
+
+Blocking use::
+
+    from tritonvision.client import VisionClient
+
+    with VisionClient("http://localhost:8000", "vision_encoder") as client:
+        vector = client.embed_image("cat.jpg").result()           # float32 (D,)
+        batch = client.batch_embed_images(
+            ["cat.jpg", "https://example.com/dog.png", png_bytes]
+        ).result()
+        batch.embeddings                                           # (3, D), NaN rows failed
+        batch.errors                                               # {index: exception}
+
+Async use::
+
+    from tritonvision.client import AsyncVisionClient
+
+    async with AsyncVisionClient("grpc://localhost:8001") as client:
+        vector = await client.embed_image_url("https://example.com/cat.jpg")
+
+Errors derive from :class:`TritonVisionError` (tree in ``tritonvision.client._errors``).
+"""
+
+from __future__ import annotations
+
+from ._async_client import PREPROCESSING_PARAMETER, AsyncVisionClient, ClientState, ModelInfo
+from ._config import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_DECODE_WORKERS,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_INLINE_BYTES,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MODEL,
+    DEFAULT_PACK_BATCH_SIZE,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_RETRY_BUDGET_S,
+    ClientConfig,
+)
+from ._errors import (
+    BlockedAddress,
+    ClientClosed,
+    DecodeError,
+    DecompressionBomb,
+    FetchError,
+    FetchStatusError,
+    FetchTimeout,
+    FetchTooLarge,
+    ImageTooLarge,
+    InvalidInput,
+    ModelConfigError,
+    RequestTimeout,
+    RuntimeUnavailable,
+    ServerError,
+    ServerOverloaded,
+    ServerUnavailable,
+    TritonVisionError,
+)
+from ._fetch import FetchConfig
+from ._imaging import PreprocessSpec
+from ._protocol import ProtocolError
+from ._results import BatchEmbedding, BatchError
+from ._sources import ImageSource
+from ._stats import ClientStats
+from ._sync_client import PendingBatchEmbedding, PendingEmbedding, PendingModelInfo, VisionClient
+
+__all__ = [
+    "DEFAULT_BACKOFF_BASE_S",
+    "DEFAULT_BACKOFF_MAX_S",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_DECODE_WORKERS",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_INLINE_BYTES",
+    "DEFAULT_MAX_IN_FLIGHT",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MODEL",
+    "DEFAULT_PACK_BATCH_SIZE",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_RETRY_BUDGET_S",
+    "PREPROCESSING_PARAMETER",
+    "AsyncVisionClient",
+    "BatchEmbedding",
+    "BatchError",
+    "BlockedAddress",
+    "ClientClosed",
+    "ClientConfig",
+    "ClientState",
+    "ClientStats",
+    "DecodeError",
+    "DecompressionBomb",
+    "FetchConfig",
+    "FetchError",
+    "FetchStatusError",
+    "FetchTimeout",
+    "FetchTooLarge",
+    "ImageSource",
+    "ImageTooLarge",
+    "InvalidInput",
+    "ModelConfigError",
+    "ModelInfo",
+    "PendingBatchEmbedding",
+    "PendingEmbedding",
+    "PendingModelInfo",
+    "PreprocessSpec",
+    "ProtocolError",
+    "RequestTimeout",
+    "RuntimeUnavailable",
+    "ServerError",
+    "ServerOverloaded",
+    "ServerUnavailable",
+    "TritonVisionError",
+    "VisionClient",
+]
