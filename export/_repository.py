@@ -31,8 +31,8 @@ __all__ = [
 
 # The python-backend model file: a shim, so the implementation ships (and is tested) in the package.
 PREPROCESS_MODEL_PY = (
-    '"""Triton python-backend model: encoded image bytes -> pixels.'
-    ' The logic lives in tritonvision.serve.backends.preprocess."""\n'
+    '"""Triton python-backend model: encoded image bytes -> pixels.\n\n'
+    'The logic lives in tritonvision.serve.backends.preprocess.\n"""\n'
     "\n"
     "from tritonvision.serve.backends.preprocess import TritonPythonModel  # noqa: F401\n"
 )

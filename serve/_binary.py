@@ -1,4 +1,4 @@
-"""Locate the ``tritonserver`` binary that ships in PyPI's ``nvidia-pytriton`` wheel and make it runnable.
+"""Find the ``tritonserver`` that ships in PyPI's ``nvidia-pytriton`` wheel; make it runnable.
 
 The wheel keeps one python-backend stub per Python version under
 ``pytriton/tritonserver/python_backend_stubs/<X.Y>/``; Triton expects the stub inside
@@ -22,7 +22,7 @@ __all__ = ["TritonBinaryNotFound", "TritonDistribution", "find_triton"]
 
 
 class TritonBinaryNotFound(RuntimeError):
-    """``tritonserver`` is not installed (``pip install 'tritonvision[serve]'``) or lacks a piece."""
+    """``tritonserver`` is missing (``pip install 'tritonvision[serve]'``) or incomplete."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class TritonDistribution:
     version: str
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """Environment for ``tritonserver``: bundled libs, this interpreter's libpython and ``python``.
+        """Environment for ``tritonserver``: bundled libs, our libpython and ``python``.
 
         The stub embeds Python and runs the backend models with whatever ``python``
         comes first on PATH, so this interpreter's bin dir goes first: the models then

@@ -57,7 +57,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(0.5):
             if not server.running:
-                print("tritonserver exited unexpectedly; see " + str(server.log_path), file=sys.stderr)
+                print(
+                    "tritonserver exited unexpectedly; see " + str(server.log_path), file=sys.stderr
+                )
                 return 1
     finally:
         server.stop()

@@ -179,11 +179,12 @@ class LocalTriton:
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
-                raise ServeError(
-                    f"tritonserver exited with code {code} while starting:\n{self._failure_reason()}"
-                )
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own localhost URL
+                reason = self._failure_reason()
+                raise ServeError(f"tritonserver exited with code {code} while starting:\n{reason}")
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                urllib.request.urlopen(url, timeout=2) as response,
+            ):
                     if response.status == 200:
                         return
             time.sleep(0.25)
@@ -193,16 +194,20 @@ class LocalTriton:
 
     def _failure_reason(self) -> str:
         lines = [ln for ln in self.log_text().splitlines() if _ERROR_LINE.search(ln)]
-        lines = [ln for ln in lines if not any(k in ln for k in ("NVML", "DCGM", "CudaDriverHelper"))]
+        lines = [
+            ln for ln in lines if not any(k in ln for k in ("NVML", "DCGM", "CudaDriverHelper"))
+        ]
         states = self._model_states()
         if states:
             lines.append(states)
         return "\n".join(lines[-20:]) or f"(no error lines; full log: {self.log_path})"
 
     def _model_states(self) -> str:
-        req = urllib.request.Request(f"{self.http_url}/v2/repository/index", method="POST", data=b"{}")
+        req = urllib.request.Request(
+            f"{self.http_url}/v2/repository/index", method="POST", data=b"{}"
+        )
         try:
-            with urllib.request.urlopen(req, timeout=2) as response:  # noqa: S310 - localhost
+            with urllib.request.urlopen(req, timeout=2) as response:
                 index = json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             return ""

@@ -15,7 +15,9 @@ from PIL import Image
 pytestmark = pytest.mark.e2e
 
 
-def _jpeg(color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "JPEG") -> bytes:
+def _jpeg(
+    color: tuple[int, int, int], size: tuple[int, int] = (64, 48), fmt: str = "JPEG"
+) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, format=fmt)
     return buf.getvalue()
@@ -40,8 +42,12 @@ def test_encoder_answers_kserve_v2_json_with_normalised_embeddings(triton):
         f"{triton.http_url}/v2/models/{triton.model}/infer",
         {
             "inputs": [
-                {"name": "pixels", "shape": list(pixels.shape), "datatype": "UINT8",
-                 "data": pixels.reshape(-1).tolist()}
+                {
+                    "name": "pixels",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "data": pixels.reshape(-1).tolist(),
+                }
             ]
         },
     )
@@ -167,5 +173,7 @@ def test_dynamic_batching_merges_concurrent_single_requests(triton):
     assert inferences == n_threads * per_thread
     # Triton's dynamic batcher must have merged requests: far fewer executions than requests.
     assert executions < inferences * 0.75, (inferences, executions)
-    print(f"dynamic batching: {inferences} requests in {executions} executions "
-          f"(ratio {inferences / executions:.2f})")
+    print(
+        f"dynamic batching: {inferences} requests in {executions} executions "
+        f"(ratio {inferences / executions:.2f})"
+    )

@@ -1,4 +1,4 @@
-"""The committed model repository, its CPU runtime derivation, docker-compose, and serve failures."""
+"""The committed repository, its CPU runtime derivation, docker-compose, serve failures."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix != ".onnx"
+        # Written by export (model.onnx) or by Python when Triton ran the repository.
+        if p.is_file() and p.suffix not in (".onnx", ".pyc")
     }
 
 
@@ -64,9 +65,10 @@ def test_runtime_repository_turns_onnxruntime_models_into_python_backend_over_sa
     # Everything that defines the model's contract is carried over untouched.
     for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup"):
         assert getattr(cpu, field) == getattr(source, field), field
-    assert dict(cpu.parameters)["tritonvision.preprocessing"] == dict(source.parameters)[
-        "tritonvision.preprocessing"
-    ]
+    assert (
+        dict(cpu.parameters)["tritonvision.preprocessing"]
+        == dict(source.parameters)["tritonvision.preprocessing"]
+    )
     linked = runtime.path / "enc" / "1" / "model.onnx"
     assert linked.resolve() == onnx.resolve()
     assert "onnx_encoder" in (runtime.path / "enc" / "1" / "model.py").read_text()
@@ -88,7 +90,9 @@ def test_serve_reports_a_taken_port_before_starting(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        server = LocalTriton(REPO, ports=ServerPorts(http=port, grpc=free_port(), metrics=free_port()))
+        server = LocalTriton(
+            REPO, ports=ServerPorts(http=port, grpc=free_port(), metrics=free_port())
+        )
         with pytest.raises(ServeError, match=f"HTTP port {port} is already in use"):
             server.start()
 
@@ -125,9 +129,23 @@ def _stub_pids(marker: str) -> list[int]:
 def test_serve_cli_prints_endpoints_and_stops_cleanly_on_sigterm(tiny_repository, tmp_path):
     ports = [free_port(), free_port(), free_port()]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tritonvision", "serve", "--repository", str(tiny_repository),
-         "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tritonvision",
+            "serve",
+            "--repository",
+            str(tiny_repository),
+            "--http-port",
+            str(ports[0]),
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     try:
@@ -163,10 +181,13 @@ def test_serve_cli_prints_endpoints_and_stops_cleanly_on_sigterm(tiny_repository
 def test_client_import_stays_torch_free():
     code = (
         "import sys, tritonvision.client, tritonvision.client._imaging; "
-        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') if m in sys.modules]; "
+        "heavy = [m for m in ('torch', 'onnx', 'onnxruntime', 'transformers') "
+        "if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

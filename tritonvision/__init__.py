@@ -1,4 +1,4 @@
-"""tritonvision: export vision encoders to Triton, serve them, embed images through one shared client.
+"""tritonvision: export vision encoders to Triton, serve them, embed images with one client.
 
 Subpackages: :mod:`tritonvision.client` (the client library; never imports torch),
 :mod:`tritonvision.export` (PyTorch -> ONNX -> Triton model repository) and

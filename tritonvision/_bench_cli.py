@@ -59,6 +59,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="cache of exported encoders and tools (default ~/.cache/tritonvision)",
     )
     parser.add_argument(
+        "--measure-s",
+        type=float,
+        help="seconds per side per round (default 4, quick 0.5); for development",
+    )
+    parser.add_argument(
         "--setup",
         action="store_true",
         help="only set up perf_analyzer (downloads the tritonclient 2.41.0 wheel once)",

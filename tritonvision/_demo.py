@@ -67,8 +67,11 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[2/4] starting the local Triton ...", flush=True)
     started = time.perf_counter()
     with LocalTriton(repository, ports=ports) as server:
-        print(f"      ready in {time.perf_counter() - started:.1f}s at {server.http_url} "
-              f"and {server.grpc_url}", flush=True)
+        print(
+            f"      ready in {time.perf_counter() - started:.1f}s at {server.http_url} "
+            f"and {server.grpc_url}",
+            flush=True,
+        )
         blobs = [p.read_bytes() for p in photos]
         # Every input kind the client takes, in one batch: paths, base64, data: URI, raw bytes.
         sources: list[Any] = [str(p) for p in photos[:-2]]
@@ -86,33 +89,46 @@ def run_demo(args: argparse.Namespace) -> int:
         via_ensemble = _ensemble_embeddings(server.http_url, args.name, blobs)
 
         params = info.config.parameters
-        print(f"\nmodel {args.name}: {info.embedding_dim}-d embeddings, "
-              f"max_batch_size {info.max_batch_size}, source {params.get('tritonvision.source')}, "
-              f"trained={params.get('tritonvision.trained')}, "
-              f"input {info.input_name} {info.preprocessing.output_shape} uint8")
+        print(
+            f"\nmodel {args.name}: {info.embedding_dim}-d embeddings, "
+            f"max_batch_size {info.max_batch_size}, source {params.get('tritonvision.source')}, "
+            f"trained={params.get('tritonvision.trained')}, "
+            f"input {info.input_name} {info.preprocessing.output_shape} uint8"
+        )
         print(f"{'input':<34} {'status':<8} {'norm':>6}  first values")
         for i, source in enumerate(sources):
-            label = (Path(source).name if isinstance(source, str) and len(source) < 200
-                     else f"<{type(source).__name__}, {len(source)}>")
+            label = (
+                Path(source).name
+                if isinstance(source, str) and len(source) < 200
+                else f"<{type(source).__name__}, {len(source)}>"
+            )
             if i in batch.errors:
                 print(f"{label:<34} {'error':<8} {'':>6}  {batch.errors[i]}")
                 continue
             vec = batch.embeddings[i]
-            print(f"{label:<34} {'ok':<8} {np.linalg.norm(vec):6.3f}  "
-                  + " ".join(f"{v:+.3f}" for v in vec[:4]))
+            print(
+                f"{label:<34} {'ok':<8} {np.linalg.norm(vec):6.3f}  "
+                + " ".join(f"{v:+.3f}" for v in vec[:4])
+            )
         good = [i for i in range(len(photos)) if i not in batch.errors]
         sims = batch.embeddings[good] @ batch.embeddings[good].T
         print("\ncosine similarity between the photos:")
         for row in sims:
             print("  " + " ".join(f"{v:5.2f}" for v in row))
         agree_grpc = float(via_grpc @ batch.embeddings[0])
-        agree_ens = [float(a @ b) for a, b in zip(via_ensemble, batch.embeddings[: len(photos)])]
+        agree_ens = [
+            float(a @ b) for a, b in zip(via_ensemble, batch.embeddings[: len(photos)], strict=True)
+        ]
         print(f"\nHTTP vs gRPC on {photos[0].name}: cosine {agree_grpc:.6f}")
-        print("client-side preprocessing vs the raw-bytes ensemble (server-side): "
-              f"min cosine {min(agree_ens):.6f} over {len(agree_ens)} photos")
+        print(
+            "client-side preprocessing vs the raw-bytes ensemble (server-side): "
+            f"min cosine {min(agree_ens):.6f} over {len(agree_ens)} photos"
+        )
         print(f"client stats: {stats}")
-        print("\nnote: the built-in default has seeded, UNTRAINED weights: the vectors are "
-              "deterministic but carry no meaning. Export a real checkpoint with "
-              "`tritonvision export --checkpoint DIR`.")
+        print(
+            "\nnote: the built-in default has seeded, UNTRAINED weights: the vectors are "
+            "deterministic but carry no meaning. Export a real checkpoint with "
+            "`tritonvision export --checkpoint DIR`."
+        )
     print("[4/4] Triton stopped.")
     return 0

@@ -1,4 +1,4 @@
-"""The one ``tritonvision`` command: ``export``, ``verify``, ``serve``, ``embed``, ``demo``, ``bench``.
+"""The one ``tritonvision`` command: export, verify, serve, embed, demo, bench.
 
 Each subcommand lives with its concern (``export/_cli.py``, ``serve/_cli.py``, ...) and
 registers itself here; heavy imports (torch, onnx) stay inside the handlers.

@@ -71,7 +71,7 @@ class TritonPythonModel:
         }
         try:
             results = self.session.run([name for name, _ in self.outputs], batch)
-        except Exception as exc:  # noqa: BLE001 - ORT raises plain exceptions; every request must get an answer
+        except Exception as exc:
             error = pb_utils.TritonError(f"{self.model_name}: ONNX Runtime failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
 
@@ -79,7 +79,9 @@ class TritonPythonModel:
         start = 0
         for count in counts:
             tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(result[start : start + count], dtype=dtype))
+                pb_utils.Tensor(
+                    name, np.ascontiguousarray(result[start : start + count], dtype=dtype)
+                )
                 for (name, dtype), result in zip(self.outputs, results, strict=True)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

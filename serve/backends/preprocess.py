@@ -46,7 +46,9 @@ class TritonPythonModel:
 
     def _decode(self, item: tuple[int, bytes]) -> np.ndarray:
         index, data = item
-        return load_image_pixels(data, self.spec, source=f"images[{index}]", max_pixels=self.max_pixels)
+        return load_image_pixels(
+            data, self.spec, source=f"images[{index}]", max_pixels=self.max_pixels
+        )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
@@ -57,10 +59,12 @@ class TritonPythonModel:
                 pixels = np.stack(list(self.pool.map(self._decode, items)))
             except TritonVisionError as exc:
                 responses.append(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.model_name}: {exc}"))
+                    pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"{self.model_name}: {exc}")
+                    )
                 )
                 continue
-            except Exception as exc:  # noqa: BLE001 - untrusted bytes: never let one item kill the stub
+            except Exception as exc:
                 message = f"{self.model_name}: cannot preprocess image: {type(exc).__name__}: {exc}"
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
                 continue
