@@ -33,8 +33,8 @@ DESIGN_CLIP_SPEC = {
     "input": {"name": "pixels", "datatype": "UINT8", "layout": "NHWC", "height": 224, "width": 224},
 }
 SHIM = (
-    '"""Triton python-backend model: encoded image bytes -> pixels. The logic lives in '
-    'tritonvision.serve.backends.preprocess."""\n'
+    '"""Triton python-backend model: encoded image bytes -> pixels.\n\n'
+    'The logic lives in tritonvision.serve.backends.preprocess.\n"""\n'
     "\n"
     "from tritonvision.serve.backends.preprocess import TritonPythonModel  # noqa: F401\n"
 )
