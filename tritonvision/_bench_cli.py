@@ -56,7 +56,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="cache of exported encoders and tools (default ~/.cache/tritonvision)",
+        help="where exported encoders are cached (default ~/.cache/tritonvision)",
     )
     parser.add_argument(
         "--measure-s",

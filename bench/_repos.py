@@ -1,0 +1,436 @@
+"""Exported encoders (cached), per-run model repositories with variants, and served models.
+
+An export is slow (ViT-B/32: 1-2 min on 2 cores), so each encoder is exported once into
+``~/.cache/tritonvision/bench-repos/<encoder>-<key>``, keyed by the encoder's shape, the
+export options and a hash of the export code. Each run then builds a small repository
+that links the cached ``model.onnx`` files and adds the variants the scenarios compare
+(dynamic batching off, other queue delays and instance counts, an fp32-input twin), with
+configs edited through ``model_config_pb2`` + ``text_format``, never by string templates.
+
+The server runs with ``--model-control-mode=explicit``: a scenario loads the models it
+measures and the others are unloaded, so no idle python-backend stub holds memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ORT_THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
+FP32_INPUT = "pixel_values"
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tritonvision"
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder the benchmarks export: the built-in ViT-B/32 or a tiny CLIP."""
+
+    key: str
+    label: str
+    model_name: str
+    # CLIPVisionConfig keyword arguments; None means the built-in default (ViT-B/32).
+    vision_config: dict[str, Any] | None
+    max_batch_size: int = 32
+    # Also export an fp32-input twin (float NCHW, already normalised) for scenario 4.
+    fp32_twin: bool = False
+
+
+TINY = EncoderSpec(
+    key="tiny",
+    label="tiny CLIP (224 px input, 2 layers, width 32, d=16)",
+    model_name="tiny",
+    vision_config={
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 224,
+        "patch_size": 32,
+        "projection_dim": 16,
+    },
+    fp32_twin=True,
+)
+
+B32 = EncoderSpec(
+    key="b32",
+    label="CLIP ViT-B/32 (built-in default, untrained, d=512)",
+    model_name="vision_encoder",
+    vision_config=None,
+)
+
+ENCODERS = {e.key: e for e in (TINY, B32)}
+
+
+def _export_code_hash() -> str:
+    import tritonvision.export
+
+    root = Path(tritonvision.export.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_key(spec: EncoderSpec) -> str:
+    from importlib import metadata
+
+    blob = json.dumps(
+        {
+            "vision_config": spec.vision_config,
+            "name": spec.model_name,
+            "max_batch_size": spec.max_batch_size,
+            "fp32_twin": spec.fp32_twin,
+            "tritonvision": metadata.version("tritonvision"),
+            "export_code": _export_code_hash(),
+            "torch": metadata.version("torch"),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ExportedEncoder:
+    spec: EncoderSpec
+    repository: Path
+    export_s: float  # 0 when it came from the cache
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.repository / self.spec.model_name / "1" / "model.onnx"
+
+    @property
+    def fp32_onnx_path(self) -> Path:
+        return self.repository / "_fp32" / "model.onnx"
+
+
+def exported(spec: EncoderSpec, cache_dir: Path | None = None) -> ExportedEncoder:
+    """The encoder's exported repository, from the cache or exported now (then cached)."""
+    cache = (cache_dir or cache_root()) / "bench-repos"
+    dest = cache / f"{spec.key}-{_cache_key(spec)}"
+    if (dest / ".complete").exists():
+        return ExportedEncoder(spec, dest, 0.0)
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = cache / f".{dest.name}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    started = time.perf_counter()
+    try:
+        with _quiet():
+            _export(spec, partial)
+        (partial / ".complete").write_text(json.dumps({"exported": time.time()}))
+        try:
+            os.replace(partial, dest)
+        except OSError:  # another run finished first: keep theirs
+            if not (dest / ".complete").exists():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    # Older exports of this encoder (other options or export code) are stale: ViT-B/32
+    # is ~350 MB each, so do not let them pile up.
+    for stale in cache.glob(f"{spec.key}-*"):
+        if stale != dest and (stale / ".complete").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    return ExportedEncoder(spec, dest, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress chatter (warnings and INFO logs) in bench output."""
+    import warnings
+
+    names = ("torch", "torch.onnx", "onnxscript", "onnx_ir", "tritonvision.export")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _load(spec: EncoderSpec) -> Any:
+    from tritonvision.export import builtin_encoder
+
+    if spec.vision_config is None:
+        return builtin_encoder()
+    from transformers import CLIPVisionConfig
+
+    return builtin_encoder(CLIPVisionConfig(**spec.vision_config))
+
+
+def _export(spec: EncoderSpec, repository: Path) -> None:
+    from tritonvision.export import ExportOptions, export_encoder
+
+    encoder = _load(spec)
+    export_encoder(
+        encoder,
+        ExportOptions(
+            repository=repository, name=spec.model_name, max_batch_size=spec.max_batch_size
+        ),
+    )
+    if spec.fp32_twin:
+        _export_fp32_twin(encoder, repository / "_fp32" / "model.onnx")
+
+
+def _export_fp32_twin(encoder: Any, path: Path) -> None:
+    """The same weights behind a float32 NCHW ``pixel_values`` input (already normalised):
+    what a stack that normalises on the client sends (4x the bytes of uint8 pixels)."""
+    import torch
+    from torch.nn import functional
+
+    wrapper = encoder.wrapper(normalize=True)
+
+    class FloatInput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = wrapper.tower
+            self.projection = wrapper.projection
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            pooled = self.tower(pixel_values=pixel_values).pooler_output
+            return functional.normalize(self.projection(pooled), p=2.0, dim=-1)
+
+    height, width, _ = encoder.preprocessing.output_shape
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    program = torch.onnx.export(
+        FloatInput().eval(),
+        (dummy,),
+        dynamo=True,
+        input_names=[FP32_INPUT],
+        output_names=["embeddings"],
+        dynamic_shapes={FP32_INPUT: {0: torch.export.Dim("batch", min=1)}},
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    assert program is not None
+    program.save(path, external_data=False)
+
+
+# ---------------------------------------------------------------------- run repository
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A served copy of the encoder with other serving settings (same ``model.onnx``)."""
+
+    suffix: str
+    dynamic_batching: bool = True
+    max_queue_delay_us: int | None = None  # None: as exported
+    instances: int = 1
+    ort_threads: int | None = None  # None: the run's default
+    fp32_input: bool = False
+
+    def describe(self) -> str:
+        if not self.dynamic_batching:
+            batching = "dynamic batching off"
+        elif self.max_queue_delay_us is None:
+            batching = "dynamic batching on (exported queue delay)"
+        else:
+            batching = f"dynamic batching on, queue delay {self.max_queue_delay_us} us"
+        threads = f", {self.ort_threads} ORT thread(s) each" if self.ort_threads else ""
+        return f"{batching}, {self.instances} instance(s){threads}"
+
+
+BASE = Variant("")
+NO_BATCHING = Variant("_nobatch", dynamic_batching=False)
+FP32 = Variant("_fp32", fp32_input=True)
+
+
+def _read_config(path: Path) -> Any:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _write_config(path: Path, config: Any) -> None:
+    from google.protobuf import text_format
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text_format.MessageToString(config))
+
+
+def _variant_config(base: Any, name: str, variant: Variant, threads: int, spec: Any) -> Any:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = mc.ModelConfig()
+    config.CopyFrom(base)
+    config.name = name
+    if not variant.dynamic_batching:
+        config.ClearField("dynamic_batching")
+    elif variant.max_queue_delay_us is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = variant.max_queue_delay_us
+    del config.instance_group[:]
+    config.instance_group.add(count=variant.instances)
+    config.parameters[ORT_THREADS_PARAMETER].string_value = str(threads)
+    if variant.fp32_input:
+        height, width, _ = spec.output_shape
+        del config.input[:]
+        config.input.add(name=FP32_INPUT, data_type=mc.TYPE_FP32, dims=[3, height, width])
+        config.ClearField("model_warmup")
+        # Our client reads this to decide what to send; this twin takes something else.
+        del config.parameters["tritonvision.preprocessing"]
+    return config
+
+
+@dataclass
+class RunRepository:
+    """A per-run repository: the cached export's models plus serving variants."""
+
+    encoder: ExportedEncoder
+    path: Path
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.encoder.spec.model_name
+
+    @property
+    def images_model(self) -> str:
+        return f"{self.model}_images"
+
+    @property
+    def preprocess_model(self) -> str:
+        return f"{self.model}_preprocess"
+
+    def name_of(self, variant: Variant) -> str:
+        return self.model + variant.suffix
+
+
+def build_run_repository(
+    encoder: ExportedEncoder, dest: Path, variants: Iterable[Variant], *, default_threads: int
+) -> RunRepository:
+    """Write ``dest``: the export's models (ONNX linked, not copied) plus ``variants``."""
+    from tritonvision.client import PreprocessSpec
+
+    spec_name = encoder.spec.model_name
+    source = encoder.repository
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    base_config = _read_config(source / spec_name / "config.pbtxt")
+    spec = PreprocessSpec.from_json(
+        base_config.parameters["tritonvision.preprocessing"].string_value
+    )
+    for model_dir in source.iterdir():
+        if model_dir.is_dir() and model_dir.name not in (spec_name, "_fp32"):
+            shutil.copytree(model_dir, dest / model_dir.name)
+    repo = RunRepository(encoder, dest)
+    unique = {v.suffix: v for v in (BASE, *variants)}
+    for variant in unique.values():
+        if variant.fp32_input and not encoder.fp32_onnx_path.exists():
+            continue
+        name = repo.name_of(variant)
+        threads = variant.ort_threads or default_threads
+        config = _variant_config(base_config, name, variant, threads, spec)
+        _write_config(dest / name / "config.pbtxt", config)
+        onnx = encoder.fp32_onnx_path if variant.fp32_input else encoder.onnx_path
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        os.symlink(onnx.resolve(), dest / name / "1" / "model.onnx")
+        repo.variants[name] = variant
+    return repo
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+class ServedRepository:
+    """A ``LocalTriton`` on free ports serving a run repository, models loaded on demand."""
+
+    def __init__(self, repo: RunRepository, workdir: Path) -> None:
+        from tritonvision.serve import LocalTriton, ServerPorts, free_port
+
+        self.repo = repo
+        self.server = LocalTriton(
+            repo.path,
+            ports=ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
+            workdir=workdir,
+            extra_args=("--model-control-mode=explicit",),
+        )
+        self.loaded: set[str] = set()
+        self.start_s = 0.0
+        self.version = "?"
+
+    @property
+    def http_url(self) -> str:
+        return self.server.http_url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def host_port(self) -> str:
+        return self.http_url.removeprefix("http://")
+
+    @property
+    def grpc_host_port(self) -> str:
+        return self.grpc_url.removeprefix("grpc://")
+
+    def start(self) -> ServedRepository:
+        started = time.perf_counter()
+        self.server.start(ready_timeout_s=300)
+        self.start_s = time.perf_counter() - started
+        with urllib.request.urlopen(f"{self.http_url}/v2", timeout=10) as response:
+            self.version = str(json.loads(response.read()).get("version", "?"))
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.loaded.clear()
+
+    def _repository_call(self, model: str, action: str) -> None:
+        request = urllib.request.Request(
+            f"{self.http_url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise RuntimeError(f"cannot {action} model {model!r}: {detail}") from exc
+
+    def use(self, models: Sequence[str]) -> None:
+        """Make exactly ``models`` loaded: unload the others first (frees their stubs)."""
+        wanted = set(models)
+        for model in sorted(self.loaded - wanted):
+            with contextlib.suppress(RuntimeError):
+                self._repository_call(model, "unload")
+            self.loaded.discard(model)
+        for model in models:
+            if model not in self.loaded:
+                self._repository_call(model, "load")
+                self.loaded.add(model)
+
+    def cpu_seconds(self) -> float:
+        from _common import cpu_seconds_of_group
+
+        pid = self.server.pid
+        return cpu_seconds_of_group(pid) if pid else 0.0

@@ -1,0 +1,218 @@
+"""6. Stack efficiency: the whole stack end to end vs bare ONNX Runtime in-process.
+
+Ours: ``tritonvision embed FOLDER --server URL`` as a user runs it (a new process: start,
+list the folder, read, decode, resize, send to the local Triton, write .npy/.parquet),
+timed by wall clock; and the same job in-process through ``VisionClient.
+batch_embed_images`` + ``np.save`` (no interpreter start-up). Baseline: the same
+``model.onnx`` in ONNX Runtime in this process on pre-made uint8 tensors of the same
+photos, batches of 32, with the same thread budget (intra-op threads = cores; the server
+gives its one instance the same). Everything shares the same cores, as it would on a
+machine that runs both the client and the server.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import Row, Side, fmt_rate
+
+NUMBER = 6
+TITLE = "Stack efficiency: end to end vs bare ONNX Runtime"
+TARGET = 0.7
+ORT_BATCH = 32
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _folder(ctx: Any, count: int) -> Path:
+    folder = ctx.workdir / f"folder-{count}"
+    if not folder.exists():
+        folder.mkdir()
+        photos = ctx.photos()
+        for i in range(count):
+            src = photos[i % len(photos)]
+            shutil.copyfile(src, folder / f"{i:05d}_{src.name}")
+    return folder
+
+
+def _cli_available() -> bool:
+    try:
+        import tritonvision.client._cli  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_cli(served: Any, model: str, folder: Path, out: Path) -> tuple[float, float, float]:
+    """Wall seconds, client CPU seconds, server CPU seconds of one ``tritonvision embed``."""
+    if out.parent.exists():
+        shutil.rmtree(out.parent)
+    out.parent.mkdir(parents=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tritonvision",
+        "embed",
+        str(folder),
+        "--server",
+        served.http_url,
+        "--model",
+        model,
+        "--output",
+        str(out),
+        "-qq",
+    ]
+    cpu0, server0 = _children_cpu(), served.cpu_seconds()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"tritonvision embed exited {proc.returncode}: {(proc.stdout + proc.stderr)[-800:]}"
+        )
+    return wall, _children_cpu() - cpu0, served.cpu_seconds() - server0
+
+
+def _run_library(
+    served: Any, model: str, paths: list[str], out: Path
+) -> tuple[float, float, float]:
+    from tritonvision.client import VisionClient
+
+    cpu0, server0 = time.process_time(), served.cpu_seconds()
+    t0 = time.perf_counter()
+    with VisionClient(served.http_url, model) as client:
+        batch = client.batch_embed_images(paths).result()
+    if batch.errors:
+        raise RuntimeError(
+            f"{len(batch.errors)} images failed: {next(iter(batch.errors.values()))}"
+        )
+    np.save(out, batch.embeddings)
+    wall = time.perf_counter() - t0
+    return wall, time.process_time() - cpu0, served.cpu_seconds() - server0
+
+
+def _ort_session(onnx_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(
+        str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _run_ort(session: Any, pixels: np.ndarray) -> tuple[float, float]:
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    for start in range(0, len(pixels), ORT_BATCH):
+        session.run(None, {"pixels": pixels[start : start + ORT_BATCH]})
+    return time.perf_counter() - t0, time.process_time() - cpu0
+
+
+def run(ctx: Any) -> None:
+    from tritonvision.client import PreprocessSpec
+    from tritonvision.client._imaging import load_image_pixels
+
+    key = "tiny" if ctx.quick else "b32"
+    count = 24 if ctx.quick else 128
+    served = ctx.served(key)
+    repo = served.repo
+    model = repo.model
+    served.use([model])
+    folder = _folder(ctx, count)
+    paths = sorted(str(p) for p in folder.iterdir())
+    spec = PreprocessSpec.clip_default(224)
+    pixels = np.stack([load_image_pixels(Path(p).read_bytes(), spec) for p in paths])
+    session = _ort_session(repo.encoder.onnx_path, ctx.cores)
+    _run_ort(session, pixels[:ORT_BATCH])  # warm-up: ORT's first run allocates
+    threads = 1 if key == "tiny" else ctx.cores
+    settings = (
+        f"{count} photos (the sample photos, JPEG q90, 0.1-0.4 MP) in one folder; server: 1 "
+        f"instance, {threads} ORT thread(s), dynamic batching 2 ms; bare ORT: "
+        f"{ctx.cores} intra-op threads, batches of {ORT_BATCH}"
+    )
+    sides: dict[str, list[tuple[float, float, float]]] = {"cli": [], "lib": [], "ort": []}
+    use_cli = _cli_available()
+    out_dir = ctx.workdir / "embed-out"
+    for r in range(ctx.rounds):
+        order = ["cli", "lib", "ort"] if r % 2 == 0 else ["ort", "lib", "cli"]
+        for side in order:
+            if side == "cli" and use_cli:
+                sides["cli"].append(_run_cli(served, model, folder, out_dir / "emb.npy"))
+            elif side == "lib":
+                out_dir.mkdir(exist_ok=True)
+                sides["lib"].append(_run_library(served, model, paths, out_dir / "lib.npy"))
+            elif side == "ort":
+                wall, cpu = _run_ort(session, pixels)
+                sides["ort"].append((wall, cpu, 0.0))
+
+    def side(label: str, runs: list[tuple[float, float, float]]) -> Side:
+        wall = sum(x[0] for x in runs)
+        images = count * len(runs)
+        client_ms = sum(x[1] for x in runs) * 1000 / images
+        server_ms = sum(x[2] for x in runs) * 1000 / images
+        detail = (
+            f"CPU/img: {'process' if label.startswith('bare') else 'client'} {client_ms:.1f} ms"
+        )
+        if server_ms:
+            detail += f", server {server_ms:.1f} ms"
+        return Side(label=label, value=images / wall, unit="img/s", detail=detail)
+
+    ort_side = side("bare ONNX Runtime", sides["ort"])
+    model_label = repo.encoder.spec.label
+    target = TARGET if key == "b32" else None
+    if use_cli:
+        ctx.emit(
+            Row(
+                scenario=NUMBER,
+                case="`tritonvision embed` end to end vs bare ONNX Runtime",
+                ours=side("tritonvision embed", sides["cli"]),
+                baseline=ort_side,
+                model=model_label,
+                settings=settings + "; the CLI's wall time includes interpreter start-up",
+                target=target,
+            )
+        )
+    else:
+        ctx.note(
+            "`tritonvision embed` is not available in this checkout: measured the "
+            "library path only."
+        )
+    ctx.emit(
+        Row(
+            scenario=NUMBER,
+            case="VisionClient.batch_embed_images + np.save vs bare ONNX Runtime",
+            ours=side("batch_embed_images", sides["lib"]),
+            baseline=ort_side,
+            model=model_label,
+            settings=settings + "; in-process, no interpreter start-up",
+            target=None if use_cli else target,
+        )
+    )
+    lib = sides["lib"]
+    lib_client = sum(x[1] for x in lib) * 1000 / (count * len(lib))
+    lib_server = sum(x[2] for x in lib) * 1000 / (count * len(lib))
+    ort_cpu = sum(x[1] for x in sides["ort"]) * 1000 / (count * len(sides["ort"]))
+    ctx.note(
+        f"Where the CPU goes per image (library path): client {lib_client:.1f} ms (read, "
+        f"decode, resize, HTTP, write), server {lib_server:.1f} ms (Triton, the "
+        f"python-backend IPC, ORT); bare ORT needs {ort_cpu:.1f} ms per image for the "
+        f"inference alone, at {fmt_rate(ort_side.value)} img/s."
+    )
+    if key == "tiny":
+        ctx.note(
+            "Quick mode uses the tiny encoder, whose inference costs ~nothing: the ratio "
+            "then only says how much the stack's fixed costs weigh, not how efficient it is."
+        )
