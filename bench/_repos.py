@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonvision.serve._runtime_repo import DEFAULT_CPU_INSTANCES
+
 logger = logging.getLogger(__name__)
 
 ORT_THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
@@ -243,8 +245,8 @@ class Variant:
     suffix: str
     dynamic_batching: bool = True
     max_queue_delay_us: int | None = None  # None: as exported
-    instances: int = 1
-    ort_threads: int | None = None  # None: the run's default
+    instances: int = DEFAULT_CPU_INSTANCES  # what `tritonvision serve` uses
+    ort_threads: int | None = None  # None: the run's cores split between the instances
     fp32_input: bool = False
 
     def describe(self) -> str:
@@ -348,7 +350,7 @@ def build_run_repository(
         if variant.fp32_input and not encoder.fp32_onnx_path.exists():
             continue
         name = repo.name_of(variant)
-        threads = variant.ort_threads or default_threads
+        threads = variant.ort_threads or max(1, default_threads // variant.instances)
         config = _variant_config(base_config, name, variant, threads, spec)
         _write_config(dest / name / "config.pbtxt", config)
         onnx = encoder.fp32_onnx_path if variant.fp32_input else encoder.onnx_path
@@ -373,6 +375,7 @@ class ServedRepository:
             ports=ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
             workdir=workdir,
             extra_args=("--model-control-mode=explicit",),
+            cpu_instances=None,  # the variants set their own instance groups
         )
         self.loaded: set[str] = set()
         self.start_s = 0.0

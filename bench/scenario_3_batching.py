@@ -57,12 +57,12 @@ def _low_load(ctx: Any) -> None:
             ours=side_from("on (2 ms queue delay)", results[on], detail=_detail(results[on], True)),
             baseline=side_from("off", results[off], detail=_detail(results[off], True)),
             model=repo.encoder.spec.label,
-            settings="concurrency 1, 1 image per request, HTTP; 1 instance, 1 ORT thread",
+            settings="concurrency 1, 1 image per request, HTTP; 2 instances, 1 ORT thread each",
         )
     )
     # Long pauses at low load: count them per serving variant (same lone caller).
     counts = []
-    for suffix in ("", "_q0", "_i2", "_nobatch"):
+    for suffix in ("", "_i1", "_q0", "_nobatch"):
         name = repo.model + suffix
         served.use([name])
         m = measure_ours(served.http_url, name, 1, ctx.measure_s, served)
@@ -109,8 +109,8 @@ def run(ctx: Any) -> None:
                 baseline=side_from("off", results[off], detail=_detail(results[off])),
                 model=label,
                 settings=(
-                    f"concurrency {concurrency}, 1 image per request, HTTP; 1 instance, "
-                    f"{threads} ORT thread(s)"
+                    f"concurrency {concurrency}, 1 image per request, HTTP; "
+                    f"{served.repo.variants[on].describe()}"
                 ),
                 target=TARGET if key == "b32" else None,
             )
@@ -126,7 +126,7 @@ def run(ctx: Any) -> None:
         name = repo.name_of(variant)
         served.use([name, on])
         m = measure_ours(served.http_url, name, top, ctx.measure_for(key), served)
-        v_threads = variant.ort_threads or threads
+        v_threads = variant.ort_threads or max(1, threads // variant.instances)
         ctx.emit(
             Row(
                 scenario=NUMBER,

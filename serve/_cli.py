@@ -8,10 +8,6 @@ import sys
 import threading
 from types import FrameType
 
-from ._binary import TritonBinaryNotFound
-from ._runtime_repo import RepositoryError
-from ._server import LocalTriton, ServeError, ServerPorts
-
 
 def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -26,16 +22,28 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait")
+    parser.add_argument(
+        "--cpu-instances",
+        type=int,
+        default=2,
+        help="python-backend instances per ONNX model; cores are split between them (default 2)",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # Imported here: `tritonvision --help` should not pay for tritonclient/protobuf.
+    from ._binary import TritonBinaryNotFound
+    from ._runtime_repo import RepositoryError
+    from ._server import LocalTriton, ServeError, ServerPorts
+
     server = LocalTriton(
         args.repository,
         ports=ServerPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port),
         host=args.host,
         log_verbose=args.log_verbose,
+        cpu_instances=args.cpu_instances,
     )
     stop = threading.Event()
 

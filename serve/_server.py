@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ._binary import find_triton
-from ._runtime_repo import derive_runtime_repository
+from ._runtime_repo import DEFAULT_CPU_INSTANCES, derive_runtime_repository
 
 __all__ = ["DEFAULT_PORTS", "LocalTriton", "ServeError", "ServerPorts", "free_port"]
 
@@ -84,12 +84,14 @@ class LocalTriton:
         workdir: str | os.PathLike[str] | None = None,
         log_verbose: int = 0,
         extra_args: tuple[str, ...] = (),
+        cpu_instances: int | None = DEFAULT_CPU_INSTANCES,
     ) -> None:
         self.repository = Path(repository)
         self.ports = ports
         self.host = host
         self.log_verbose = log_verbose
         self.extra_args = extra_args
+        self.cpu_instances = cpu_instances
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tritonvision-serve-"))
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -136,7 +138,9 @@ class LocalTriton:
                     f"pick another with --{name.lower()}-port"
                 )
         dist = find_triton()
-        runtime = derive_runtime_repository(self.repository, self.workdir / "runtime_repository")
+        runtime = derive_runtime_repository(
+            self.repository, self.workdir / "runtime_repository", cpu_instances=self.cpu_instances
+        )
         logger.info("runtime repository %s: models %s", runtime.path, ", ".join(runtime.models))
         cmd = [
             str(dist.binary),
@@ -185,8 +189,8 @@ class LocalTriton:
                 contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
                 urllib.request.urlopen(url, timeout=2) as response,
             ):
-                    if response.status == 200:
-                        return
+                if response.status == 200:
+                    return
             time.sleep(0.25)
         raise ServeError(
             f"tritonserver was not ready after {timeout_s:.0f}s:\n{self._failure_reason()}"

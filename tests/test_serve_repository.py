@@ -61,7 +61,12 @@ def test_runtime_repository_turns_onnxruntime_models_into_python_backend_over_sa
     cpu = _config(runtime.path / "enc" / "config.pbtxt")
     assert source.backend == "onnxruntime" and cpu.backend == "python"
     assert not cpu.platform and not cpu.HasField("optimization")
-    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
+    assert [(g.kind, g.count) for g in cpu.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
+    threads = int(cpu.parameters["tritonvision.ort_intra_op_threads"].string_value)
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    kept = derive_runtime_repository(repo, tmp_path / "kept", cpu_instances=None)
+    kept_cpu = _config(kept.path / "enc" / "config.pbtxt")
+    assert [g.count for g in kept_cpu.instance_group] == [g.count for g in source.instance_group]
     # Everything that defines the model's contract is carried over untouched.
     for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup"):
         assert getattr(cpu, field) == getattr(source, field), field

@@ -43,14 +43,17 @@ class TritonPythonModel:
         self.model_name = config["name"]
         onnx_name = _parameter(config, ONNX_FILE_PARAMETER, "model.onnx")
         path = Path(args["model_repository"]) / args["model_version"] / onnx_name
-        threads = _parameter(config, THREADS_PARAMETER) or os.environ.get(
-            "TRITONVISION_ORT_THREADS", ""
+        # The environment (an operator's explicit choice) wins over the derived config value.
+        threads = os.environ.get("TRITONVISION_ORT_THREADS") or _parameter(
+            config, THREADS_PARAMETER
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
         # One Triton instance = one inference at a time; inter-op threads would only contend.
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning workers burn the cores the other instance and the stubs need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
