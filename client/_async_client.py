@@ -603,9 +603,16 @@ class AsyncVisionClient:
         )
         if kind is SourceKind.URL and isinstance(raw, bytes):
             self._stats.fetched(nbytes=len(raw), elapsed_s=time.perf_counter() - started)
-        loop = asyncio.get_running_loop()
         # Errors name the input; a path reads better as its text than as "<PosixPath>".
         label = os.fspath(source) if isinstance(source, os.PathLike) else source
+        if (
+            isinstance(raw, np.ndarray)
+            and raw.dtype == np.uint8
+            and raw.shape == info.preprocessing.output_shape
+        ):
+            # Already the model's pixels: a hop through the pool would cost more than the check.
+            return self._decode(raw, info.preprocessing, label)
+        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._executor, self._decode, raw, info.preprocessing, label
         )
@@ -624,7 +631,12 @@ class AsyncVisionClient:
     ) -> npt.NDArray[np.float32]:
         """One inference request (retried if transient) for already-preprocessed images."""
         count = len(images)
-        batch = np.stack(images) if info.max_batch_size > 0 else images[0]
+        if info.max_batch_size <= 0:
+            batch = images[0]
+        elif count == 1:
+            batch = images[0][np.newaxis]  # a view: no copy for the common single image
+        else:
+            batch = np.stack(images)
         inputs = [InputTensor(info.input_name, batch, "UINT8")]
         timeout_s = self._config.request_timeout_s
 
