@@ -45,8 +45,9 @@ DEFAULT_RETRY_BUDGET_S = 30.0
 DEFAULT_BACKOFF_BASE_S = 0.05
 DEFAULT_BACKOFF_MAX_S = 2.0
 DEFAULT_DECODE_WORKERS = max(1, min(32, os.cpu_count() or 1))
-# Triton's HTTP endpoint refuses bodies over 64 MB by default; stay well under it
-# (the same cap is used over gRPC, whose server-side limit may also be lowered).
+# Newer Tritons refuse HTTP bodies over 64 MB by default (--http-max-input-size); 2.51
+# (the nvidia-pytriton wheel, the 24.10 container) takes more, but the proxies in front of
+# it rarely do. Stay well under it; the same cap is used over gRPC.
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # One image per request: Triton's dynamic batcher batches across callers, which keeps
 # latency low and never waits for a pack to fill. Raise it to compare in ``bench/``.

@@ -32,6 +32,7 @@ batch of thousands can be found.
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = [
     "BlockedAddress",
@@ -52,20 +53,36 @@ __all__ = [
     "ServerUnavailable",
     "TritonVisionError",
     "describe_source",
+    "redact_credentials",
 ]
 
 _MAX_SOURCE_REPR = 96
 
+# ``scheme://user:password@`` (up to the last "@" before the path): the userinfo part.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``."""
+    return _URL_USERINFO.sub(r"\1***@", text)
+
 
 def describe_source(source: object) -> str:
-    """A short, log-safe description of an input, for error messages."""
+    """A short, log-safe description of an input, for error messages.
+
+    Credentials in URLs (``https://user:password@host/...``) are redacted: messages end
+    up in logs. The exception's ``source`` attribute keeps the input as it was given.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         return f"<{len(source)} bytes>"
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str):
-        if source.startswith("data:") or len(source) > _MAX_SOURCE_REPR:
-            return repr(source[:40] + f"...<{len(source)} chars>")
+        length = len(source)
+        if "@" in source[:4096] and not source.startswith("data:"):
+            source = redact_credentials(source)
+        if source.startswith("data:") or length > _MAX_SOURCE_REPR:
+            return repr(source[:40] + f"...<{length} chars>")
         return repr(source)
     name = type(source).__name__
     size = getattr(source, "size", None)

@@ -52,6 +52,7 @@ from ._errors import (
     InvalidInput,
     TritonVisionError,
     describe_source,
+    redact_credentials,
 )
 
 __all__ = [
@@ -281,7 +282,7 @@ def _translated(url: str) -> Iterator[None]:
             f"{name}: fetch took longer than the total deadline", source=url
         ) from exc
     except aiohttp.InvalidURL as exc:
-        raise InvalidInput(f"{name}: invalid URL ({exc})", source=url) from exc
+        raise InvalidInput(f"{name}: invalid URL ({_short(exc)})", source=url) from exc
     except aiohttp.ClientConnectorDNSError as exc:
         raise FetchError(f"{name}: cannot resolve host ({exc.os_error})", source=url) from exc
     except aiohttp.ClientResponseError as exc:
@@ -299,8 +300,9 @@ def _translated(url: str) -> Iterator[None]:
 
 
 def _short(exc: BaseException, limit: int = 200) -> str:
-    # aiohttp parse errors quote the offending bytes: keep messages log-sized.
-    text = str(exc)
+    # aiohttp parse errors quote the offending bytes: keep messages log-sized. Some
+    # (InvalidURL) quote the URL: no credentials in logs.
+    text = redact_credentials(str(exc))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -309,7 +311,7 @@ def _parse(url: str | URL, source: str) -> URL:
         parsed = url if isinstance(url, URL) else URL(url)
     except (ValueError, TypeError) as exc:
         raise InvalidInput(
-            f"{describe_source(source)}: invalid URL ({exc})", source=source
+            f"{describe_source(source)}: invalid URL ({_short(exc)})", source=source
         ) from exc
     return parsed
 

@@ -445,9 +445,22 @@ def _json_data(
         out = np.empty(len(items), dtype=np.object_)
         out[:] = items
         return out.reshape(shape)
-    if not all(isinstance(v, int | float) for v in flat.tolist()):
+    values = flat.tolist()
+    if not all(isinstance(v, int | float) for v in values):
         raise ValueError(f"output {name!r}: {datatype} data must be numbers")
-    return flat.astype(dtype).reshape(shape)
+    if dtype.kind in "iu":
+        # numpy 1.x would wrap -1 to 255 (with only a DeprecationWarning): refuse instead.
+        info = np.iinfo(dtype)
+        if not all(isinstance(v, int) and info.min <= v <= info.max for v in values):
+            raise ValueError(
+                f"output {name!r}: {datatype} data must be integers in [{info.min}, {info.max}]"
+            )
+    try:
+        # A float past the dtype's range would silently become inf: refuse it.
+        with np.errstate(over="raise", invalid="raise"):
+            return flat.astype(dtype).reshape(shape)
+    except FloatingPointError as exc:
+        raise ValueError(f"output {name!r}: {datatype} data out of range ({exc})") from exc
 
 
 # ------------------------------------------------------------------------------- errors
@@ -511,6 +524,10 @@ def error_from_grpc(
     lowered = message.lower()
     if name == "UNAVAILABLE" and any(m in lowered for m in _UNREACHABLE_MARKERS):
         return ServerUnavailable(f"cannot reach Triton over gRPC: {message}", source=source)
+    if name == "UNAVAILABLE" and "restricted" in lowered:
+        # --grpc-restricted-protocol refuses a missing header with UNAVAILABLE; it is a
+        # permission problem (HTTP gives 403), not a busy server: never retried.
+        return classify_server_error(403, message, model=model, source=source)
     if name == "DEADLINE_EXCEEDED":
         return RequestTimeout(f"Triton did not answer in time (gRPC): {message}", source=source)
     return classify_server_error(

@@ -33,6 +33,7 @@ import binascii
 import enum
 import os
 import re
+import stat
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeAlias
@@ -80,6 +81,7 @@ _URL_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 _BASE64_TEXT = re.compile(r"^[A-Za-z0-9+/_\-\s]+={0,2}\s*$")
 _WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
 _PATH_MAX = 4096
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # absent on Windows, where FIFOs are not files
 
 # Leading bytes of the formats _imaging decodes (and close relatives).
 _SIGNATURES: tuple[bytes, ...] = (
@@ -156,8 +158,19 @@ def read_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     reading, so a growing file cannot slip past). Blocking: run it in an executor."""
     name = describe_source(os.fspath(path))
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO without a writer would otherwise block this worker
+        # forever (a path is user input); it changes nothing for regular files.
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(st.st_mode):
+                # FIFOs, sockets and devices (/dev/zero, /dev/stdin...) never end or block.
+                raise InvalidInput(
+                    f"{name}: not a regular file (a pipe, socket or device)", source=path
+                )
+            size = st.st_size
             if size > max_bytes:
                 raise ImageTooLarge(
                     f"{name}: file is {size} bytes, over the limit of {max_bytes}", source=path
