@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonvision.serve._runtime_repo import DEFAULT_CPU_INSTANCES
+from tritonvision.serve._runtime_repo import DEFAULT_CPU_INSTANCES, DEFAULT_CPU_QUEUE_DELAY_US
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Variant:
 
     suffix: str
     dynamic_batching: bool = True
-    max_queue_delay_us: int | None = None  # None: as exported
+    max_queue_delay_us: int | None = DEFAULT_CPU_QUEUE_DELAY_US  # serve's; None: as exported
     instances: int = DEFAULT_CPU_INSTANCES  # what `tritonvision serve` uses
     ort_threads: int | None = None  # None: the run's cores split between the instances
     fp32_input: bool = False
@@ -253,7 +253,7 @@ class Variant:
         if not self.dynamic_batching:
             batching = "dynamic batching off"
         elif self.max_queue_delay_us is None:
-            batching = "dynamic batching on (exported queue delay)"
+            batching = "dynamic batching on (exported queue delay, 2 ms)"
         else:
             batching = f"dynamic batching on, queue delay {self.max_queue_delay_us} us"
         threads = f", {self.ort_threads} ORT thread(s) each" if self.ort_threads else ""
@@ -375,7 +375,9 @@ class ServedRepository:
             ports=ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
             workdir=workdir,
             extra_args=("--model-control-mode=explicit",),
-            cpu_instances=None,  # the variants set their own instance groups
+            # The variants set their own instance groups and queue delays.
+            cpu_instances=None,
+            queue_delay_us=None,
         )
         self.loaded: set[str] = set()
         self.start_s = 0.0

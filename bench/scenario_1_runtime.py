@@ -65,7 +65,7 @@ def run(ctx: Any) -> None:
     served.use([model])
     paths = [str(p) for p in ctx.photos()]
     label = served.repo.encoder.spec.label
-    server = "server: dynamic batching 2 ms, 2 instances, 1 ORT thread each; HTTP"
+    server = "server: dynamic batching (0 us delay), 2 instances, 1 ORT thread each; HTTP"
     p50: dict[str, float] = {}
     with VisionClient(served.http_url, model) as ours:
         bug = PerCallVisionClient(served.http_url, model)

@@ -118,7 +118,7 @@ def run(ctx: Any) -> None:
         label = served.repo.encoder.spec.label
         settings_base = (
             "HTTP, batch 1 per request, random uint8 224x224x3; server: dynamic batching "
-            f"2 ms, {served.repo.variants[model].instances} instance(s)"
+            f"0 us delay, {served.repo.variants[model].instances} instance(s)"
         )
         if pa is None:
             for c in concurrencies:

@@ -139,8 +139,8 @@ def run(ctx: Any) -> None:
     _run_ort(session, pixels[:ORT_BATCH])  # warm-up: ORT's first run allocates
     threads = 1 if key == "tiny" else ctx.cores
     settings = (
-        f"{count} photos (the sample photos, JPEG q90, 0.1-0.4 MP) in one folder; server: 1 "
-        f"instance, {threads} ORT thread(s), dynamic batching 2 ms; bare ORT: "
+        f"{count} photos (the sample photos, JPEG q90, 0.1-0.4 MP) in one folder; server: 2 "
+        f"instances, {threads} ORT thread(s) in all, dynamic batching 0 us; bare ORT: "
         f"{ctx.cores} intra-op threads, batches of {ORT_BATCH}"
     )
     sides: dict[str, list[tuple[float, float, float]]] = {"cli": [], "lib": [], "ort": []}

@@ -28,6 +28,13 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         default=2,
         help="python-backend instances per ONNX model; cores are split between them (default 2)",
     )
+    parser.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=0,
+        help="dynamic-batching queue delay of the ONNX models on CPU (default 0: batch only "
+        "what queued while busy); -1 keeps the repository's value",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.set_defaults(func=run_serve)
 
@@ -44,6 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         log_verbose=args.log_verbose,
         cpu_instances=args.cpu_instances,
+        queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us,
     )
     stop = threading.Event()
 

@@ -25,7 +25,11 @@ from pathlib import Path
 from types import TracebackType
 
 from ._binary import find_triton
-from ._runtime_repo import DEFAULT_CPU_INSTANCES, derive_runtime_repository
+from ._runtime_repo import (
+    DEFAULT_CPU_INSTANCES,
+    DEFAULT_CPU_QUEUE_DELAY_US,
+    derive_runtime_repository,
+)
 
 __all__ = ["DEFAULT_PORTS", "LocalTriton", "ServeError", "ServerPorts", "free_port"]
 
@@ -85,6 +89,7 @@ class LocalTriton:
         log_verbose: int = 0,
         extra_args: tuple[str, ...] = (),
         cpu_instances: int | None = DEFAULT_CPU_INSTANCES,
+        queue_delay_us: int | None = DEFAULT_CPU_QUEUE_DELAY_US,
     ) -> None:
         self.repository = Path(repository)
         self.ports = ports
@@ -92,6 +97,7 @@ class LocalTriton:
         self.log_verbose = log_verbose
         self.extra_args = extra_args
         self.cpu_instances = cpu_instances
+        self.queue_delay_us = queue_delay_us
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tritonvision-serve-"))
         self.log_path = self.workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -139,7 +145,10 @@ class LocalTriton:
                 )
         dist = find_triton()
         runtime = derive_runtime_repository(
-            self.repository, self.workdir / "runtime_repository", cpu_instances=self.cpu_instances
+            self.repository,
+            self.workdir / "runtime_repository",
+            cpu_instances=self.cpu_instances,
+            queue_delay_us=self.queue_delay_us,
         )
         logger.info("runtime repository %s: models %s", runtime.path, ", ".join(runtime.models))
         cmd = [

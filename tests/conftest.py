@@ -64,7 +64,9 @@ def triton(tiny_repository: Path) -> Iterator[TritonFixture]:
     from tritonvision.serve import LocalTriton, ServerPorts, free_port
 
     ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    server = LocalTriton(tiny_repository, ports=ports)
+    # Keep the repository's 5 ms queue delay (serve's CPU default is 0 us) so the batching
+    # tests see Triton merge requests deterministically, as it does on the GPU deployment.
+    server = LocalTriton(tiny_repository, ports=ports, queue_delay_us=None)
     # Two ORT threads per instance would oversubscribe CI's 2 cores next to the client.
     os.environ.setdefault("TRITONVISION_ORT_THREADS", "1")
     server.start(ready_timeout_s=180)

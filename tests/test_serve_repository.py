@@ -67,9 +67,15 @@ def test_runtime_repository_turns_onnxruntime_models_into_python_backend_over_sa
     kept = derive_runtime_repository(repo, tmp_path / "kept", cpu_instances=None)
     kept_cpu = _config(kept.path / "enc" / "config.pbtxt")
     assert [g.count for g in kept_cpu.instance_group] == [g.count for g in source.instance_group]
+    kept = derive_runtime_repository(repo, tmp_path / "kept2", queue_delay_us=None)
+    kept_cpu = _config(kept.path / "enc" / "config.pbtxt")
+    assert kept_cpu.dynamic_batching == source.dynamic_batching
     # Everything that defines the model's contract is carried over untouched.
-    for field in ("input", "output", "max_batch_size", "dynamic_batching", "model_warmup"):
+    for field in ("input", "output", "max_batch_size", "model_warmup"):
         assert getattr(cpu, field) == getattr(source, field), field
+    # On CPU the batcher takes what queued while busy, without waiting to fill a batch.
+    assert cpu.dynamic_batching.max_queue_delay_microseconds == 0
+    assert cpu.dynamic_batching.default_queue_policy == source.dynamic_batching.default_queue_policy
     assert (
         dict(cpu.parameters)["tritonvision.preprocessing"]
         == dict(source.parameters)["tritonvision.preprocessing"]
