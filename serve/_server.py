@@ -31,7 +31,14 @@ from ._runtime_repo import (
     derive_runtime_repository,
 )
 
-__all__ = ["DEFAULT_PORTS", "LocalTriton", "ServeError", "ServerPorts", "free_port"]
+__all__ = [
+    "DEFAULT_PORTS",
+    "LocalTriton",
+    "ServeError",
+    "ServerPorts",
+    "free_port",
+    "stub_shm_regions",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,30 @@ def _port_in_use(port: int, host: str) -> bool:
         except OSError:
             return True
     return False
+
+
+def stub_shm_regions(server_pid: int) -> list[Path]:
+    """Shared-memory files of the python-backend stubs in a server's process group.
+
+    A stub removes its region when it exits cleanly; after a SIGKILL the file stays in
+    /dev/shm (about 1 MB each), so :meth:`LocalTriton.stop` collects the names first.
+    """
+    regions = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != server_pid:
+                continue
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ProcessLookupError):
+            continue
+        regions.extend(
+            Path("/dev/shm") / arg.decode()
+            for arg in args
+            if arg.startswith(b"triton_python_backend_shm_region")
+        )
+    return regions
 
 
 _ERROR_LINE = re.compile(r"^E\d{4} |failed to load|error:|Error:", re.IGNORECASE)
@@ -231,6 +262,7 @@ class LocalTriton:
         """Stop the server and its python-backend stubs. Safe to call twice."""
         process, self._process = self._process, None
         if process is not None:
+            regions = stub_shm_regions(process.pid)
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
@@ -243,6 +275,8 @@ class LocalTriton:
             # Stubs exit when their parent goes, but not at once: don't leave them orphaned.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+            for region in regions:  # already gone after a clean exit
+                region.unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None

@@ -44,6 +44,7 @@ from tritonvision.client import (
     VisionClient,
 )
 from tritonvision.client._imaging import load_image_pixels
+from tritonvision.serve._server import stub_shm_regions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -149,27 +150,9 @@ def _start(repo: Path, workdir: Path, ports: Any = None, extra_args: tuple[str, 
     return server.start(ready_timeout_s=120)
 
 
-def _stub_shm_regions(server_pid: int) -> list[Path]:
-    """The shared-memory files of the python-backend stubs in the server's process group."""
-    regions = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry)) != server_pid:
-                continue
-            args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ProcessLookupError):
-            continue
-        for arg in args:
-            if arg.startswith(b"triton_python_backend_shm_region"):
-                regions.append(Path("/dev/shm") / arg.decode())
-    return regions
-
-
 def _sigkill(server: Any) -> None:
     """SIGKILL tritonserver and its stubs, then remove the shared memory they leave."""
-    regions = _stub_shm_regions(server.pid)
+    regions = stub_shm_regions(server.pid)
     os.killpg(server.pid, signal.SIGKILL)
     server.stop()  # reap
     for region in regions:
