@@ -292,37 +292,6 @@ def run_benchmarks(
     return ctx.results
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="run every scenario briefly on the tiny encoder (no downloads, no ViT-B/32)",
-    )
-    parser.add_argument(
-        "--output", type=Path, help="write the results as Markdown here (e.g. BENCHMARKS.md)"
-    )
-    parser.add_argument("--json", type=Path, dest="json_path", help="also write JSON results")
-    parser.add_argument(
-        "--scenarios",
-        help=f"comma-separated scenario numbers (default: all of {sorted(SCENARIOS)})",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        help="where exported encoders are cached (default ~/.cache/tritonvision)",
-    )
-    parser.add_argument(
-        "--measure-s",
-        type=float,
-        help="seconds per side per round (default 4, quick 0.5); for development",
-    )
-    parser.add_argument(
-        "--setup",
-        action="store_true",
-        help="only set up perf_analyzer (downloads the tritonclient 2.41.0 wheel once) and exit",
-    )
-
-
 def command_line(args: argparse.Namespace) -> str:
     """The ``tritonvision bench`` command that reproduces ``args``."""
     parts = ["tritonvision", "bench"]
@@ -366,8 +335,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from tritonvision._bench_cli import add_bench_arguments
+
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
-    add_arguments(parser)
+    add_bench_arguments(parser)
     args = parser.parse_args(argv)
     with contextlib.suppress(BrokenPipeError):
         return run_from_args(args)

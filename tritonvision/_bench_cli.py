@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_bench_parser", "find_bench_dir"]
+__all__ = ["add_bench_arguments", "add_bench_parser", "find_bench_dir"]
 
 
 def find_bench_dir() -> Path | None:
@@ -47,6 +47,12 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
             "--quick runs every scenario briefly on a tiny encoder."
         ),
     )
+    add_bench_arguments(parser)
+    parser.set_defaults(func=_run)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``tritonvision bench`` (and of ``python bench/run.py``)."""
     parser.add_argument("--quick", action="store_true", help="every scenario briefly, tiny encoder")
     parser.add_argument(
         "--output", type=Path, help="write the results as Markdown (e.g. BENCHMARKS.md)"
@@ -68,7 +74,6 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         action="store_true",
         help="only set up perf_analyzer (downloads the tritonclient 2.41.0 wheel once)",
     )
-    parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
