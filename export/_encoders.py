@@ -63,6 +63,14 @@ class Tolerance:
     rtol: float
     min_cosine: float
 
+    def describe(self, max_abs_diff: float, min_cosine: float, passed: bool) -> str:
+        """Measured figures against these limits, for reports."""
+        verdict = "ok" if passed else "MISMATCH"
+        return (
+            f"max abs diff {max_abs_diff:.3g} (atol {self.atol:g} + rtol {self.rtol:g}*|ref|), "
+            f"min cosine {min_cosine:.7f} (>= {self.min_cosine:g}) {verdict}"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo:

@@ -38,12 +38,8 @@ class ValidationReport:
     passed: bool
 
     def describe(self) -> str:
-        verdict = "ok" if self.passed else "MISMATCH"
-        return (
-            f"batch {self.batch_size}: max abs diff {self.max_abs_diff:.3g} "
-            f"(atol {self.tolerance.atol:g} + rtol {self.tolerance.rtol:g}*|ref|), "
-            f"min cosine {self.min_cosine:.7f} (>= {self.tolerance.min_cosine:g}) {verdict}"
-        )
+        figures = self.tolerance.describe(self.max_abs_diff, self.min_cosine, self.passed)
+        return f"batch {self.batch_size}: {figures}"
 
 
 def compare_embeddings(
