@@ -172,30 +172,31 @@ def _require_weights(info: Mapping[str, Any], checkpoint: Path) -> None:
         )
 
 
-def _load_clip(checkpoint: Path, model_type: str) -> VisionParts:
+def _load_pretrained(cls: Any, checkpoint: Path) -> Any:
+    """``cls.from_pretrained`` offline, in fp32, refusing missing vision weights; eval mode."""
     import torch
-    from transformers import CLIPModel, CLIPVisionModelWithProjection
 
-    cls: Any = CLIPModel if model_type == "clip" else CLIPVisionModelWithProjection
     model, info = cls.from_pretrained(
         checkpoint, local_files_only=True, dtype=torch.float32, output_loading_info=True
     )
     _require_weights(info, checkpoint)
-    model.eval()
+    return model.eval()
+
+
+def _load_clip(checkpoint: Path, model_type: str) -> VisionParts:
+    from transformers import CLIPModel, CLIPVisionModelWithProjection
+
+    cls = CLIPModel if model_type == "clip" else CLIPVisionModelWithProjection
+    model = _load_pretrained(cls, checkpoint)
     return model.vision_model, model.visual_projection
 
 
 def _load_siglip(checkpoint: Path, model_type: str) -> VisionParts:
-    import torch
     from torch import nn
     from transformers import SiglipModel, SiglipVisionModel
 
-    cls: Any = SiglipModel if model_type == "siglip" else SiglipVisionModel
-    model, info = cls.from_pretrained(
-        checkpoint, local_files_only=True, dtype=torch.float32, output_loading_info=True
-    )
-    _require_weights(info, checkpoint)
-    model.eval()
+    cls = SiglipModel if model_type == "siglip" else SiglipVisionModel
+    model = _load_pretrained(cls, checkpoint)
     # SiglipModel holds the tower as .vision_model; transformers 5's SiglipVisionModel is the
     # tower itself (4.x wrapped it in .vision_model too).
     tower = getattr(model, "vision_model", model)

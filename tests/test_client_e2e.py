@@ -15,7 +15,6 @@ import concurrent.futures
 import gc
 import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _local_servers import ImageSite, LocalServer, encode, make_image
 from aiohttp import web
 from PIL import Image
 
@@ -51,100 +51,6 @@ pytestmark = pytest.mark.e2e
 
 
 # ------------------------------------------------------------------------- test data
-
-
-def make_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
-    """A deterministic, textured RGB image (different per seed)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([(x * (seed + 3)) % 256, (y * (seed + 5)) % 256, (x + y) * 2 % 256], -1)
-    noise = rng.integers(0, 40, size=(h, w, 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
-
-
-def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-class LocalServer:
-    """A real aiohttp.web server on 127.0.0.1:0, in its own thread with its own loop."""
-
-    name = "test-local-server"
-
-    def __init__(self) -> None:
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    def add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._stop())
-        self._loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application()
-        self.add_routes(app)
-        # Handlers die with their connection (a cancelled client call ends a /slow
-        # handler), and shutdown does not wait for stragglers.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def _stop(self) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Any:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-class ImageSite(LocalServer):
-    """Serves images at ``/img/{name}``; ``/slow/{name}?s=N`` answers after N seconds."""
-
-    name = "test-image-site"
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        super().__init__()
-        self.files = files
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/img/{name}", self._image)
-        app.router.add_get("/slow/{name}", self._slow)
-
-    async def _image(self, request: web.Request) -> web.Response:
-        data = self.files.get(request.match_info["name"])
-        if data is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="image/png")
-
-    async def _slow(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "5")))
-        return await self._image(request)
-
-    def url(self, name: str, route: str = "img") -> str:
-        return f"{self.base_url}/{route}/{name}"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ server on 127.0.0.1. Input expansion has plain unit tests.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -17,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
+from _local_servers import ImageSite
 from PIL import Image
 
 from tritonvision.cli import main
@@ -59,62 +57,6 @@ def encode_png(seed: int) -> bytes:
     buf = io.BytesIO()
     make_image(seed).save(buf, format="PNG")
     return buf.getvalue()
-
-
-class ImageSite:
-    """A real aiohttp.web server on 127.0.0.1:0 in its own thread.
-
-    ``/img/{name}`` serves ``files[name]`` (404 for others); ``/slow/{name}?s=S`` the
-    same after S seconds.
-    """
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="embed-image-site", daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-        assert self._runner is not None
-        self._loop.run_until_complete(self._runner.cleanup())
-        self._loop.close()
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/img/{name}", self._image)
-        app.router.add_get("/slow/{name}", self._slow)
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
-
-    async def _image(self, request: web.Request) -> web.Response:
-        data = self.files.get(request.match_info["name"])
-        if data is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=data, content_type="image/png")
-
-    async def _slow(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "0.2")))
-        return await self._image(request)
-
-    def url(self, name: str, route: str = "img") -> str:
-        return f"http://127.0.0.1:{self.port}/{route}/{name}"
-
-    def __enter__(self) -> ImageSite:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")

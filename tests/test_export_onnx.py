@@ -341,6 +341,23 @@ def test_default_is_reported_untrained(
     assert "UNTRAINED" in format_summary(result)
 
 
+def _validate_against_tiny_clip(
+    path: Path, checkpoints: dict[tuple[str, str], Path]
+) -> tuple[object, ...]:
+    """Validate an ONNX file against the tiny vision-only CLIP checkpoint's PyTorch model."""
+    reference = load_encoder(checkpoints["clip", "vision"]).wrapper(normalize=True)
+    return validate_onnx(
+        path,
+        reference,
+        family=ENCODER_FAMILIES["clip"],
+        height=32,
+        width=32,
+        embedding_dim=PROJECTION,
+        normalized=True,
+        tolerance=ENCODER_FAMILIES["clip"].tolerance,
+    )
+
+
 def test_tampered_model_fails_validation_with_figures(
     exports: dict[tuple[str, str], ExportResult],
     checkpoints: dict[tuple[str, str], Path],
@@ -355,18 +372,8 @@ def test_tampered_model_fails_validation_with_figures(
     tampered = tmp_path / "model.onnx"
     onnx.save(model, str(tampered))
 
-    reference = load_encoder(checkpoints["clip", "vision"]).wrapper(normalize=True)
     with pytest.raises(ExportValidationError, match="max abs diff") as caught:
-        validate_onnx(
-            tampered,
-            reference,
-            family=ENCODER_FAMILIES["clip"],
-            height=32,
-            width=32,
-            embedding_dim=PROJECTION,
-            normalized=True,
-            tolerance=ENCODER_FAMILIES["clip"].tolerance,
-        )
+        _validate_against_tiny_clip(tampered, checkpoints)
     reports = caught.value.reports
     assert [r.batch_size for r in reports] == [1, 3]
     assert not any(r.passed for r in reports)
@@ -384,18 +391,8 @@ def test_renamed_output_fails_validation_before_any_values(
     model.graph.output[0].name = "features"
     renamed = tmp_path / "model.onnx"
     onnx.save(model, str(renamed))
-    reference = load_encoder(checkpoints["clip", "vision"]).wrapper(normalize=True)
     with pytest.raises(ExportValidationError, match="outputs") as caught:
-        validate_onnx(
-            renamed,
-            reference,
-            family=ENCODER_FAMILIES["clip"],
-            height=32,
-            width=32,
-            embedding_dim=PROJECTION,
-            normalized=True,
-            tolerance=ENCODER_FAMILIES["clip"].tolerance,
-        )
+        _validate_against_tiny_clip(renamed, checkpoints)
     assert caught.value.reports == ()
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _local_servers import LocalServer
 from aiohttp import web
 from PIL import Image, ImageOps
 
@@ -524,26 +525,21 @@ def test_a_request_mixing_good_and_bad_images_fails_alone_and_names_the_bad_inde
 # ------------------------------------------------------------------------ URL attacks
 
 
-class HostileSite:
-    """A real aiohttp.web server on 127.0.0.1:0 in its own thread, with routes that
-    misbehave, plus a raw TCP server for what aiohttp.web will not send (a lying
-    Content-Length)."""
+class HostileSite(LocalServer):
+    """A real aiohttp.web server on 127.0.0.1:0 with routes that misbehave, plus a raw
+    TCP server for what aiohttp.web will not send (a lying Content-Length)."""
+
+    name = "hostile-site"
+    shutdown_timeout_s = 0.5
 
     def __init__(self, png: bytes) -> None:
-        import threading
-
+        super().__init__()
         self.png = png
         self.hits: list[str] = []
-        self.port = 0
         self.raw_port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hostile-site", daemon=True)
-        self._runner: web.AppRunner | None = None
         self._raw: asyncio.Server | None = None
 
-    # routes
-    def _app(self) -> web.Application:
+    def build_app(self) -> web.Application:
         routes = web.RouteTableDef()
         png = self.png
 
@@ -639,26 +635,13 @@ class HostileSite:
         finally:
             writer.close()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._stop())
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._runner = web.AppRunner(self._app(), handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+    async def start_extra(self) -> None:
         self._raw = await asyncio.start_server(self._raw_handler, "127.0.0.1", 0)
         self.raw_port = self._raw.sockets[0].getsockname()[1]
 
-    async def _stop(self) -> None:
-        assert self._runner is not None and self._raw is not None
+    async def stop_extra(self) -> None:
+        assert self._raw is not None
         self._raw.close()
-        await self._runner.cleanup()
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -668,13 +651,8 @@ class HostileSite:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> HostileSite:
-        self._thread.start()
-        assert self._ready.wait(10)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 GZIP_BOMB = gzip.compress(b"\0" * (32 * 1024 * 1024), compresslevel=9)  # ~32 KiB on the wire

@@ -23,8 +23,8 @@ import aiohttp
 import grpc.aio
 import numpy as np
 import pytest
+from _local_servers import ImageSite, encode, make_image
 from PIL import Image
-from test_client_e2e import ImageSite, encode, make_image
 
 from tritonvision.client import AsyncVisionClient, VisionClient
 
