@@ -32,6 +32,29 @@ Errors derive from :class:`TritonVisionError` (tree in ``tritonvision.client._er
 
 from __future__ import annotations
 
+from tritonvision.contract import PreprocessSpec
+from tritonvision.errors import (
+    BatchError,
+    BlockedAddress,
+    ClientClosed,
+    DecodeError,
+    DecompressionBomb,
+    FetchError,
+    FetchStatusError,
+    FetchTimeout,
+    FetchTooLarge,
+    ImageTooLarge,
+    InvalidInput,
+    ModelConfigError,
+    ProtocolError,
+    RequestTimeout,
+    RuntimeUnavailable,
+    ServerError,
+    ServerOverloaded,
+    ServerUnavailable,
+    TritonVisionError,
+)
+
 from ._async_client import PREPROCESSING_PARAMETER, AsyncVisionClient, ClientState, ModelInfo
 from ._config import (
     DEFAULT_BACKOFF_BASE_S,
@@ -49,29 +72,8 @@ from ._config import (
     DEFAULT_RETRY_BUDGET_S,
     ClientConfig,
 )
-from ._errors import (
-    BlockedAddress,
-    ClientClosed,
-    DecodeError,
-    DecompressionBomb,
-    FetchError,
-    FetchStatusError,
-    FetchTimeout,
-    FetchTooLarge,
-    ImageTooLarge,
-    InvalidInput,
-    ModelConfigError,
-    RequestTimeout,
-    RuntimeUnavailable,
-    ServerError,
-    ServerOverloaded,
-    ServerUnavailable,
-    TritonVisionError,
-)
 from ._fetch import FetchConfig
-from ._imaging import PreprocessSpec
-from ._protocol import ProtocolError
-from ._results import BatchEmbedding, BatchError
+from ._results import BatchEmbedding
 from ._sources import ImageSource
 from ._stats import ClientStats
 from ._sync_client import PendingBatchEmbedding, PendingEmbedding, PendingModelInfo, VisionClient

@@ -32,11 +32,12 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from ._config import DEFAULT_MODEL, ClientConfig
-from ._errors import (
+from tritonvision.contract import PreprocessSpec
+from tritonvision.errors import (
     ClientClosed,
     InvalidInput,
     ModelConfigError,
+    ProtocolError,
     RuntimeUnavailable,
     ServerError,
     ServerOverloaded,
@@ -44,9 +45,11 @@ from ._errors import (
     TritonVisionError,
     describe_source,
 )
+
+from ._config import DEFAULT_MODEL, ClientConfig
 from ._fetch import PolicyResolver
-from ._imaging import PreprocessSpec, prepare_pixels
-from ._protocol import InputTensor, ModelConfig, ProtocolError
+from ._imaging import prepare_pixels
+from ._protocol import InputTensor, ModelConfig
 from ._results import BatchEmbedding
 from ._sources import ImageSource, SourceKind, classify_source, load_source
 from ._stats import ClientStats, StatsRecorder

@@ -359,6 +359,8 @@ def _server_url(text: str) -> str:
 def run_embed(args: argparse.Namespace) -> int:
     """The ``embed`` handler; returns the exit code (see the module docstring)."""
     started = time.monotonic()
+    from tritonvision.errors import InvalidInput, TritonVisionError
+
     from ._config import DEFAULT_MODEL, ClientConfig
     from ._embed_job import (
         OutputPaths,
@@ -366,7 +368,6 @@ def run_embed(args: argparse.Namespace) -> int:
         expand_inputs,
         pyarrow_problem,
     )
-    from ._errors import InvalidInput, TritonVisionError
 
     model: str = args.model or DEFAULT_MODEL
     server = _server_url(args.server)
@@ -440,6 +441,8 @@ def _run_job(
     parquet: bool,
     started: float,
 ) -> int:
+    from tritonvision.errors import TritonVisionError
+
     from ._embed_job import (
         JobAborted,
         UsageError,
@@ -447,7 +450,6 @@ def _run_job(
         assemble_outputs,
         embed_pending,
     )
-    from ._errors import TritonVisionError
     from ._sync_client import VisionClient
 
     with VisionClient(server, model, config=config) as client:

@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import InvalidInput
+from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS
+from tritonvision.errors import InvalidInput
+
 from ._fetch import FetchConfig
-from ._imaging import DEFAULT_MAX_IMAGE_PIXELS
 from ._sources import DEFAULT_MAX_INLINE_BYTES
 
 __all__ = [

@@ -78,7 +78,8 @@ from typing import IO, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import ServerUnavailable, TritonVisionError
+from tritonvision.errors import ServerUnavailable, TritonVisionError
+
 from ._results import BatchEmbedding
 from ._sync_client import PendingBatchEmbedding, VisionClient
 

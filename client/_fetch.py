@@ -43,7 +43,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from ._errors import (
+from tritonvision.errors import (
     BlockedAddress,
     FetchError,
     FetchStatusError,

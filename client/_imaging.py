@@ -21,31 +21,23 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ._errors import DecodeError, DecompressionBomb, InvalidInput, ModelConfigError, describe_source
+from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS, RESAMPLE_NAMES, PreprocessSpec
+from tritonvision.errors import DecodeError, DecompressionBomb, InvalidInput, describe_source
 
 __all__ = [
     "ALLOWED_FORMATS",
     "BACKGROUND_RGB",
-    "CLIP_MEAN",
-    "CLIP_STD",
     "DEFAULT_DRAFT_FACTOR",
-    "DEFAULT_MAX_IMAGE_PIXELS",
     "DEFAULT_REDUCING_GAP",
-    "DEFAULT_RESCALE_FACTOR",
     "RESAMPLE_FILTERS",
-    "SIGLIP_MEAN",
-    "SIGLIP_STD",
-    "PreprocessSpec",
     "decode_image",
     "load_image_pixels",
     "normalize_pixels",
@@ -53,11 +45,6 @@ __all__ = [
     "prepare_pixels",
     "preprocess_image",
 ]
-
-# Pillow's own default for Image.MAX_IMAGE_PIXELS (~89.5 MP, ~0.25 GiB of RGB). Pillow raises
-# by itself above twice its global limit at open time, so larger values of ``max_pixels``
-# are capped there unless the application raises ``Image.MAX_IMAGE_PIXELS``.
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 # Raster formats whose Pillow decoders are common and well exercised. Everything else
 # (EPS runs Ghostscript, plus dozens of rare formats) is refused before any parsing.
@@ -78,436 +65,26 @@ ALLOWED_FORMATS: tuple[str, ...] = (
 BACKGROUND_RGB = (255, 255, 255)
 
 # Fast path: ``Image.resize(reducing_gap=...)`` first box-reduces by an integer factor while
-# the remaining ratio stays >= this gap (12 MP PNG -> 224: 65 ms -> 14 ms, mean |diff| 0.2).
+# the remaining ratio stays >= this gap (bench scenario 5 measures the speed and the error).
 DEFAULT_REDUCING_GAP = 3.0
 
 # JPEG draft decoding keeps at least this multiple of the resize target, which keeps the
 # result within rounding of a full decode (see tests/test_imaging.py for measured cosines).
 DEFAULT_DRAFT_FACTOR = 2.0
 
-# Name -> PIL filter; the integer values are what HF ``preprocessor_config.json`` stores.
+# Contract filter name -> PIL filter; PIL's integer codes follow RESAMPLE_NAMES' order.
 RESAMPLE_FILTERS: Mapping[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,  # 0
-    "lanczos": Image.Resampling.LANCZOS,  # 1
-    "bilinear": Image.Resampling.BILINEAR,  # 2
-    "bicubic": Image.Resampling.BICUBIC,  # 3
-    "box": Image.Resampling.BOX,  # 4
-    "hamming": Image.Resampling.HAMMING,  # 5
+    name: Image.Resampling(code) for code, name in enumerate(RESAMPLE_NAMES)
 }
-_RESAMPLE_BY_INT = {int(v): k for k, v in RESAMPLE_FILTERS.items()}
 
-# transformers writes 1/255 this way; keeping it makes specs compare equal.
-DEFAULT_RESCALE_FACTOR = 0.00392156862745098
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
-_MAX_SIDE = 16384
 # A resized-but-uncropped image bigger than this is not built (extreme aspect ratios only:
 # a 224 crop stays exact up to ~80:1).
 _MAX_INTERMEDIATE_PIXELS = 2048 * 2048
 _EXIF_ORIENTATION = 0x0112
 _ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
-ResizeMode = Literal["shortest_edge", "exact"]
 UInt8Array = npt.NDArray[np.uint8]
 Float32Array = npt.NDArray[np.float32]
-
-
-# --------------------------------------------------------------------------- spec
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"preprocessing: {what} must be an integer, got {value!r}")
-    if not 0 < value <= _MAX_SIDE:
-        raise InvalidInput(f"preprocessing: {what} must be in 1..{_MAX_SIDE}, got {value}")
-    return value
-
-
-def _three_floats(value: object, what: str) -> tuple[float, float, float]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) != 3:
-        raise InvalidInput(f"preprocessing: {what} must be 3 numbers (R, G, B), got {value!r}")
-    out: list[float] = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise InvalidInput(f"preprocessing: {what} must be 3 finite numbers, got {value!r}")
-        out.append(float(v))
-    return (out[0], out[1], out[2])
-
-
-@dataclass(frozen=True, kw_only=True)
-class PreprocessSpec:
-    """How an encoder wants its images: resize, optional centre crop, normalisation.
-
-    Semantics match transformers' ``CLIPImageProcessor`` / ``SiglipImageProcessor``:
-
-    - ``resize_mode="shortest_edge"``: the short side becomes ``shortest_edge`` and the
-      long side ``int(shortest_edge * long / short)``; needs a crop (else the shape varies).
-    - ``resize_mode="exact"``: resize to ``resize_height`` x ``resize_width``.
-    - crop (``crop_height``/``crop_width``, both or neither): centred with
-      ``top = (h - ch) // 2``, ``left = (w - cw) // 2``, zero-padded where the image is
-      smaller, as transformers does.
-
-    ``rescale_factor``, ``mean`` and ``std`` are applied by the encoder graph (see
-    :func:`normalize_pixels`). ``input_*`` describe the model input; ``input_height`` /
-    ``input_width`` default to :attr:`output_shape` and must agree with it.
-
-    The constructor raises :class:`InvalidInput` on bad values; the ``from_*`` readers
-    raise :class:`ModelConfigError` (the spec came from a model or checkpoint).
-    """
-
-    resize_mode: ResizeMode
-    shortest_edge: int | None = None
-    resize_height: int | None = None
-    resize_width: int | None = None
-    crop_height: int | None = None
-    crop_width: int | None = None
-    resample: str = "bicubic"
-    rescale_factor: float = DEFAULT_RESCALE_FACTOR
-    mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
-    input_name: str = "pixels"
-    input_datatype: str = "UINT8"
-    input_layout: str = "NHWC"
-    input_height: int = field(default=0)
-    input_width: int = field(default=0)
-
-    def __post_init__(self) -> None:
-        if self.resize_mode == "shortest_edge":
-            _positive_int(self.shortest_edge, "resize.shortest_edge")
-            if self.resize_height is not None or self.resize_width is not None:
-                raise InvalidInput(
-                    "preprocessing: a shortest_edge resize takes no resize height/width"
-                )
-            if self.crop_height is None:
-                raise InvalidInput(
-                    "preprocessing: a shortest_edge resize without a centre crop gives images "
-                    "of varying size; the encoder needs a fixed input size"
-                )
-        elif self.resize_mode == "exact":
-            _positive_int(self.resize_height, "resize.height")
-            _positive_int(self.resize_width, "resize.width")
-            if self.shortest_edge is not None:
-                raise InvalidInput("preprocessing: an exact resize takes no shortest_edge")
-        else:
-            raise InvalidInput(
-                f"preprocessing: resize mode must be 'shortest_edge' or 'exact', "
-                f"got {self.resize_mode!r}"
-            )
-        if (self.crop_height is None) != (self.crop_width is None):
-            raise InvalidInput("preprocessing: crop needs both height and width, or neither")
-        if self.crop_height is not None:
-            _positive_int(self.crop_height, "crop.height")
-            _positive_int(self.crop_width, "crop.width")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise InvalidInput(
-                f"preprocessing: resample must be one of {sorted(RESAMPLE_FILTERS)}, "
-                f"got {self.resample!r}"
-            )
-        rescale = self.rescale_factor
-        if isinstance(rescale, bool) or not isinstance(rescale, int | float):
-            raise InvalidInput(f"preprocessing: rescale_factor must be a number, got {rescale!r}")
-        if not (math.isfinite(rescale) and rescale > 0):
-            raise InvalidInput(f"preprocessing: rescale_factor must be > 0, got {rescale!r}")
-        object.__setattr__(self, "rescale_factor", float(rescale))
-        object.__setattr__(self, "mean", _three_floats(self.mean, "mean"))
-        std = _three_floats(self.std, "std")
-        if any(s <= 0 for s in std):
-            raise InvalidInput(f"preprocessing: std must be > 0, got {list(std)}")
-        object.__setattr__(self, "std", std)
-        if not isinstance(self.input_name, str) or not self.input_name:
-            raise InvalidInput(f"preprocessing: input.name must be a name, got {self.input_name!r}")
-        if self.input_datatype != "UINT8":
-            raise InvalidInput(
-                f"preprocessing: input.datatype {self.input_datatype!r} is not supported "
-                "(the client sends UINT8 pixels)"
-            )
-        if self.input_layout != "NHWC":
-            raise InvalidInput(
-                f"preprocessing: input.layout {self.input_layout!r} is not supported (NHWC only)"
-            )
-        height, width, _ = self.output_shape
-        for attr, expected in (("input_height", height), ("input_width", width)):
-            value = getattr(self, attr)
-            if value == 0:
-                object.__setattr__(self, attr, expected)
-            elif value != expected:
-                raise InvalidInput(
-                    f"preprocessing: {attr.replace('_', '.')}={value!r} does not match the "
-                    f"preprocessed size {height}x{width}"
-                )
-
-    # ---- geometry
-
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        """``(H, W, 3)`` of the uint8 pixels the encoder takes."""
-        if self.crop_height is not None and self.crop_width is not None:
-            return (self.crop_height, self.crop_width, 3)
-        assert self.resize_height is not None and self.resize_width is not None
-        return (self.resize_height, self.resize_width, 3)
-
-    def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(height, width)`` after the resize step, for an image of ``height x width``."""
-        if self.resize_mode == "exact":
-            assert self.resize_height is not None and self.resize_width is not None
-            return (self.resize_height, self.resize_width)
-        assert self.shortest_edge is not None
-        size = self.shortest_edge
-        # transformers' get_resize_output_image_size(default_to_square=False), verbatim.
-        if width <= height:
-            return (int(size * height / width), size)
-        return (size, int(size * width / height))
-
-    # ---- constructors
-
-    @classmethod
-    def clip_default(cls, size: int = 224) -> PreprocessSpec:
-        """OpenAI CLIP: short side to ``size`` (bicubic), centre crop ``size x size``."""
-        return cls(
-            resize_mode="shortest_edge",
-            shortest_edge=size,
-            crop_height=size,
-            crop_width=size,
-            mean=CLIP_MEAN,
-            std=CLIP_STD,
-        )
-
-    @classmethod
-    def siglip_default(cls, size: int = 224) -> PreprocessSpec:
-        """SigLIP: resize to exactly ``size x size`` (bicubic), no crop, mean = std = 0.5."""
-        return cls(
-            resize_mode="exact",
-            resize_height=size,
-            resize_width=size,
-            mean=SIGLIP_MEAN,
-            std=SIGLIP_STD,
-        )
-
-    @classmethod
-    def from_hf_processor_config(cls, cfg: Mapping[str, Any]) -> PreprocessSpec:
-        """Read a transformers ``preprocessor_config.json`` (CLIP or SigLIP image processor).
-
-        Keys the config omits take the processor class's defaults: SigLIP when
-        ``image_processor_type`` (or the legacy ``feature_extractor_type``) names Siglip,
-        CLIP otherwise. An int ``size`` reads as transformers reads it: a square for
-        SigLIP, the shortest edge for CLIP. Raises :class:`ModelConfigError`.
-        """
-        try:
-            return cls._from_hf(cfg)
-        except InvalidInput as exc:
-            raise ModelConfigError(f"preprocessor config: {exc.message}") from exc
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ModelConfigError(f"preprocessor config: unreadable ({exc!r})") from exc
-
-    @classmethod
-    def _from_hf(cls, cfg: Mapping[str, Any]) -> PreprocessSpec:
-        if not isinstance(cfg, Mapping):
-            raise InvalidInput(f"expected a JSON object, got {type(cfg).__name__}")
-        kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "")
-        default = cls.siglip_default() if "siglip" in kind.lower() else cls.clip_default()
-        square = default.resize_mode == "exact"
-        if not cfg.get("do_resize", True):
-            raise InvalidInput("do_resize is false; the encoder needs a fixed input size")
-
-        resize: dict[str, Any]
-        size = cfg.get("size")
-        if size is None:
-            resize = default._resize_dict()
-        elif isinstance(size, int) and not isinstance(size, bool):
-            resize = (
-                {"mode": "exact", "height": size, "width": size}
-                if square
-                else {"mode": "shortest_edge", "shortest_edge": size}
-            )
-        elif isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
-            resize = {"mode": "shortest_edge", "shortest_edge": size["shortest_edge"]}
-        elif isinstance(size, Mapping) and set(size) == {"height", "width"}:
-            resize = {"mode": "exact", "height": size["height"], "width": size["width"]}
-        else:
-            raise InvalidInput(
-                f"size={size!r} is not supported "
-                "(expected {'shortest_edge': S} or {'height': H, 'width': W})"
-            )
-
-        crop: dict[str, Any] | None = None
-        if cfg.get("do_center_crop", default.crop_height is not None):
-            crop_size = cfg.get("crop_size")
-            if crop_size is None:
-                crop = default._crop_dict()
-                if crop is None:
-                    raise InvalidInput("do_center_crop is true but there is no crop_size")
-            elif isinstance(crop_size, int) and not isinstance(crop_size, bool):
-                crop = {"height": crop_size, "width": crop_size}
-            elif isinstance(crop_size, Mapping) and set(crop_size) == {"height", "width"}:
-                crop = {"height": crop_size["height"], "width": crop_size["width"]}
-            else:
-                raise InvalidInput(f"crop_size={crop_size!r} is not supported")
-
-        resample_raw = cfg.get("resample", 3)
-        if isinstance(resample_raw, int) and not isinstance(resample_raw, bool):
-            if resample_raw not in _RESAMPLE_BY_INT:
-                raise InvalidInput(f"resample={resample_raw!r} is not a known PIL filter (0..5)")
-            resample = _RESAMPLE_BY_INT[resample_raw]
-        elif isinstance(resample_raw, str) and resample_raw.lower() in RESAMPLE_FILTERS:
-            resample = resample_raw.lower()
-        else:
-            raise InvalidInput(f"resample={resample_raw!r} is not a known PIL filter")
-
-        rescale = cfg.get("rescale_factor", DEFAULT_RESCALE_FACTOR)
-        if not cfg.get("do_rescale", True):
-            rescale = 1.0
-        if cfg.get("do_normalize", True):
-            mean = _hf_channels(cfg.get("image_mean", default.mean), "image_mean")
-            std = _hf_channels(cfg.get("image_std", default.std), "image_std")
-        else:
-            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        return cls._from_parts(resize, crop, resample, rescale, mean, std, None)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessSpec:
-        """Read the DESIGN.md spec object; raises :class:`ModelConfigError` if invalid.
-
-        Unknown keys are refused rather than ignored: a step this client does not know
-        would otherwise be silently skipped, and the embeddings would be wrong.
-        """
-        try:
-            if not isinstance(data, Mapping):
-                raise InvalidInput(f"expected a JSON object, got {type(data).__name__}")
-            _check_keys(
-                data,
-                {"resize", "crop", "resample", "rescale_factor", "mean", "std"},
-                {"input"},
-                "spec",
-            )
-            resize = data["resize"]
-            if not isinstance(resize, Mapping):
-                raise InvalidInput(f"resize must be an object, got {resize!r}")
-            crop = data["crop"]
-            if crop is not None and not isinstance(crop, Mapping):
-                raise InvalidInput(f"crop must be an object or null, got {crop!r}")
-            if crop is not None:
-                _check_keys(crop, {"height", "width"}, set(), "crop")
-            inp = data.get("input")
-            if inp is not None:
-                if not isinstance(inp, Mapping):
-                    raise InvalidInput(f"input must be an object, got {inp!r}")
-                _check_keys(inp, set(), {"name", "datatype", "layout", "height", "width"}, "input")
-            return cls._from_parts(
-                resize,
-                crop,
-                data["resample"],
-                data["rescale_factor"],
-                data["mean"],
-                data["std"],
-                inp,
-            )
-        except InvalidInput as exc:
-            raise ModelConfigError(f"preprocessing spec: {exc.message}") from exc
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> PreprocessSpec:
-        """Parse the published JSON (DESIGN.md); raises :class:`ModelConfigError`."""
-        try:
-            data = json.loads(text)
-        except (ValueError, TypeError) as exc:
-            raise ModelConfigError(f"preprocessing spec is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
-
-    @classmethod
-    def _from_parts(
-        cls,
-        resize: Mapping[str, Any],
-        crop: Mapping[str, Any] | None,
-        resample: object,
-        rescale: object,
-        mean: object,
-        std: object,
-        inp: Mapping[str, Any] | None,
-    ) -> PreprocessSpec:
-        mode = resize.get("mode")
-        if mode == "shortest_edge":
-            _check_keys(resize, {"mode", "shortest_edge"}, set(), "resize")
-        elif mode == "exact":
-            _check_keys(resize, {"mode", "height", "width"}, set(), "resize")
-        else:
-            raise InvalidInput(f"resize.mode must be 'shortest_edge' or 'exact', got {mode!r}")
-        if not isinstance(resample, str):
-            raise InvalidInput(f"resample must be a filter name, got {resample!r}")
-        extra: dict[str, Any] = {}
-        if inp is not None:
-            for key in ("name", "datatype", "layout", "height", "width"):
-                if key in inp:
-                    extra[f"input_{key}"] = inp[key]
-            for key in ("input_height", "input_width"):
-                if key in extra:
-                    _positive_int(extra[key], key.replace("_", "."))
-        return cls(
-            resize_mode=mode,
-            shortest_edge=resize.get("shortest_edge"),
-            resize_height=resize.get("height"),
-            resize_width=resize.get("width"),
-            crop_height=None if crop is None else crop["height"],
-            crop_width=None if crop is None else crop["width"],
-            resample=resample.lower(),
-            rescale_factor=rescale,  # type: ignore[arg-type]  # validated in __post_init__
-            mean=mean,  # type: ignore[arg-type]
-            std=std,  # type: ignore[arg-type]
-            **extra,
-        )
-
-    # ---- serialisation
-
-    def _resize_dict(self) -> dict[str, Any]:
-        if self.resize_mode == "shortest_edge":
-            return {"mode": "shortest_edge", "shortest_edge": self.shortest_edge}
-        return {"mode": "exact", "height": self.resize_height, "width": self.resize_width}
-
-    def _crop_dict(self) -> dict[str, Any] | None:
-        if self.crop_height is None:
-            return None
-        return {"height": self.crop_height, "width": self.crop_width}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The DESIGN.md spec object (JSON-able)."""
-        return {
-            "resize": self._resize_dict(),
-            "crop": self._crop_dict(),
-            "resample": self.resample,
-            "rescale_factor": self.rescale_factor,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "input": {
-                "name": self.input_name,
-                "datatype": self.input_datatype,
-                "layout": self.input_layout,
-                "height": self.input_height,
-                "width": self.input_width,
-            },
-        }
-
-    def to_json(self) -> str:
-        """The published form: ``json.dumps(to_dict(), sort_keys=True)``."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-
-def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str], what: str) -> None:
-    keys = set(data)
-    missing = required - keys
-    if missing:
-        raise InvalidInput(f"{what} is missing {sorted(missing)}")
-    unknown = keys - required - optional
-    if unknown:
-        raise InvalidInput(f"{what} has unknown keys {sorted(unknown)}")
-
-
-def _hf_channels(value: object, what: str) -> tuple[float, float, float]:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        v = float(value)
-        return (v, v, v)
-    return _three_floats(value, what)
 
 
 # --------------------------------------------------------------------------- decode

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import (
+from tritonvision.errors import (
+    ProtocolError,
     RequestTimeout,
     ServerError,
     ServerOverloaded,
@@ -115,14 +116,6 @@ _UNREACHABLE_MARKERS = (
     "broken pipe",
     "end of tcp stream",
 )
-
-
-class ProtocolError(ServerError):
-    """The server's answer is not a well-formed KServe v2 response.
-
-    A subclass of :class:`ServerError` (the server is the party at fault);
-    ``status`` is the HTTP status that came with the malformed body (0 if unknown).
-    """
 
 
 # --------------------------------------------------------------------------- datatypes

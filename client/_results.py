@@ -9,23 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import TritonVisionError
+from tritonvision.errors import BatchError
 
-__all__ = ["BatchEmbedding", "BatchError"]
+__all__ = ["BatchEmbedding"]
 
 _MAX_LISTED_ERRORS = 5
-
-
-class BatchError(TritonVisionError):
-    """Raised by :meth:`BatchEmbedding.raise_for_errors`: some items of a batch failed.
-
-    ``errors`` maps input index -> the exception for that item; the exception is
-    chained (``__cause__``) to the failure of the lowest failing index.
-    """
-
-    def __init__(self, message: str, *, errors: Mapping[int, BaseException]) -> None:
-        super().__init__(message, source=None)
-        self.errors = errors
 
 
 @dataclass(frozen=True)

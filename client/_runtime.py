@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._errors import ClientClosed, RuntimeUnavailable
+from tritonvision.errors import ClientClosed, RuntimeUnavailable
 
 __all__ = ["RuntimeFuture", "SharedRuntime"]
 

@@ -43,7 +43,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from ._errors import ImageTooLarge, InvalidInput, describe_source
+from tritonvision.errors import ImageTooLarge, InvalidInput, describe_source
+
 from ._fetch import FetchConfig, fetch_url
 
 __all__ = [

@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from tritonvision.contract import PreprocessSpec
+from tritonvision.errors import ClientClosed
+
 from ._async_client import AsyncVisionClient, ModelInfo
 from ._config import DEFAULT_MODEL, ClientConfig
-from ._errors import ClientClosed
-from ._imaging import PreprocessSpec
 from ._results import BatchEmbedding
 from ._runtime import RuntimeFuture, SharedRuntime
 from ._sources import ImageSource

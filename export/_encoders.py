@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tritonvision.client._imaging import PreprocessSpec
+    from tritonvision.contract import PreprocessSpec
 
     from ._wrapper import EmbeddingWrapper
 

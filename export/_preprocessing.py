@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import CheckpointError
 
 if TYPE_CHECKING:
-    from tritonvision.client._imaging import PreprocessSpec
+    from tritonvision.contract import PreprocessSpec
 
 __all__ = ["default_spec", "spec_from_processor_config"]
 
@@ -25,7 +25,7 @@ _PROCESSOR_TYPES = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcesso
 
 def default_spec(family: str, image_size: int) -> PreprocessSpec:
     """The family's preprocessing for a checkpoint without ``preprocessor_config.json``."""
-    from tritonvision.client._imaging import PreprocessSpec
+    from tritonvision.contract import PreprocessSpec
 
     if family == "siglip":
         return PreprocessSpec.siglip_default(image_size)
@@ -37,7 +37,7 @@ def spec_from_processor_config(
 ) -> PreprocessSpec:
     """Read a transformers ``preprocessor_config.json`` (already parsed)."""
     from tritonvision.client._errors import ModelConfigError
-    from tritonvision.client._imaging import PreprocessSpec
+    from tritonvision.contract import PreprocessSpec
 
     if not (config.get("image_processor_type") or config.get("feature_extractor_type")):
         # PreprocessSpec picks the processor's defaults by this key; without it, the

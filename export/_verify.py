@@ -133,7 +133,8 @@ def verify_model(
     import torch
 
     from tritonvision.client._errors import ModelConfigError
-    from tritonvision.client._imaging import PreprocessSpec, preprocess_image
+    from tritonvision.client._imaging import preprocess_image
+    from tritonvision.contract import PreprocessSpec
 
     name = str(config.get("name", "?"))
     params = published_parameters(config)

@@ -22,20 +22,20 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
 
-from tritonvision.client._errors import (
-    BlockedAddress,
-    FetchError,
-    FetchStatusError,
-    FetchTimeout,
-    FetchTooLarge,
-    InvalidInput,
-)
 from tritonvision.client._fetch import (
     FetchConfig,
     PolicyResolver,
     fetch_url,
     is_public_address,
     make_policy_resolver,
+)
+from tritonvision.errors import (
+    BlockedAddress,
+    FetchError,
+    FetchStatusError,
+    FetchTimeout,
+    FetchTooLarge,
+    InvalidInput,
 )
 
 pytestmark = pytest.mark.timeout(30)

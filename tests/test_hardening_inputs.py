@@ -60,7 +60,7 @@ from tritonvision.client import (
     TritonVisionError,
     VisionClient,
 )
-from tritonvision.client._errors import describe_source
+from tritonvision.errors import describe_source
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -22,24 +22,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tritonvision.client._errors import (
-    DecodeError,
-    DecompressionBomb,
-    InvalidInput,
-    ModelConfigError,
-)
 from tritonvision.client._imaging import (
     BACKGROUND_RGB,
-    CLIP_MEAN,
-    CLIP_STD,
-    DEFAULT_RESCALE_FACTOR,
-    PreprocessSpec,
     decode_image,
     load_image_pixels,
     normalize_pixels,
     pixels_from_array,
     prepare_pixels,
     preprocess_image,
+)
+from tritonvision.contract import CLIP_MEAN, CLIP_STD, DEFAULT_RESCALE_FACTOR, PreprocessSpec
+from tritonvision.errors import (
+    DecodeError,
+    DecompressionBomb,
+    InvalidInput,
+    ModelConfigError,
 )
 
 CLIP = PreprocessSpec.clip_default()

@@ -14,14 +14,6 @@ from hypothesis import strategies as st
 
 from tritonvision.client import BatchEmbedding, BatchError, ClientConfig
 from tritonvision.client._config import DEFAULT_REQUEST_TIMEOUT_S
-from tritonvision.client._errors import (
-    DecodeError,
-    InvalidInput,
-    RequestTimeout,
-    ServerError,
-    ServerOverloaded,
-    ServerUnavailable,
-)
 from tritonvision.client._protocol import (
     HEADER_LENGTH_HEADER,
     InputTensor,
@@ -38,6 +30,14 @@ from tritonvision.client._protocol import (
     parse_infer_response,
     parse_model_config,
     serialize_bytes_tensor,
+)
+from tritonvision.errors import (
+    DecodeError,
+    InvalidInput,
+    RequestTimeout,
+    ServerError,
+    ServerOverloaded,
+    ServerUnavailable,
 )
 
 

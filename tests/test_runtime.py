@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tritonvision.client._errors import ClientClosed, RuntimeUnavailable
 from tritonvision.client._runtime import RuntimeFuture, SharedRuntime
+from tritonvision.errors import ClientClosed, RuntimeUnavailable
 
 
 async def _echo(value: int) -> int:

@@ -15,10 +15,11 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from tritonvision.client._errors import BlockedAddress, ImageTooLarge, InvalidInput
 from tritonvision.client._fetch import FetchConfig
-from tritonvision.client._imaging import PreprocessSpec, prepare_pixels
+from tritonvision.client._imaging import prepare_pixels
 from tritonvision.client._sources import SourceKind, classify_source, load_source
+from tritonvision.contract import PreprocessSpec
+from tritonvision.errors import BlockedAddress, ImageTooLarge, InvalidInput
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -22,13 +22,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy.typing as npt
 
-from .._errors import (
+from tritonvision.errors import (
     InvalidInput,
     RequestTimeout,
     ServerError,
     ServerUnavailable,
     TritonVisionError,
 )
+
 from .._protocol import InputTensor, ModelConfig, classify_server_error, error_from_grpc
 
 __all__ = [

@@ -13,8 +13,9 @@ from typing import Any
 
 import aiohttp
 
-from .._errors import RuntimeUnavailable
-from .._protocol import InputTensor, ModelConfig, ProtocolError, parse_model_config
+from tritonvision.errors import ProtocolError, RuntimeUnavailable
+
+from .._protocol import InputTensor, ModelConfig, parse_model_config
 from . import InferOutcome, Transport, translate_errors
 
 __all__ = ["GrpcTransport"]

@@ -7,7 +7,8 @@ from contextlib import AsyncExitStack
 
 import aiohttp
 
-from .._errors import RuntimeUnavailable
+from tritonvision.errors import RuntimeUnavailable
+
 from .._protocol import (
     HEADER_LENGTH_HEADER,
     InputTensor,

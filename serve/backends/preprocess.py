@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from tritonvision.client._errors import TritonVisionError
-from tritonvision.client._imaging import DEFAULT_MAX_IMAGE_PIXELS, PreprocessSpec, load_image_pixels
+from tritonvision.client._imaging import load_image_pixels
+from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS, PreprocessSpec
+from tritonvision.errors import TritonVisionError
 
 SPEC_PARAMETER = "tritonvision.preprocessing"
 MAX_PIXELS_PARAMETER = "tritonvision.max_image_pixels"

@@ -17,7 +17,7 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
     │   └── DecompressionBomb                more pixels than ``max_image_pixels``
     ├── ServerError                          Triton answered an error (status, message)
     │   ├── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
-    │   └── ProtocolError                    a malformed answer (``client._protocol``)
+    │   └── ProtocolError                    a malformed KServe v2 answer
     ├── ServerUnavailable (ConnectionError)  cannot reach Triton (refused, reset, DNS)
     ├── RequestTimeout (TimeoutError)        Triton did not answer within the request timeout
     ├── ModelConfigError                     the model does not publish what the client needs
@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 __all__ = [
+    "BatchError",
     "BlockedAddress",
     "ClientClosed",
     "DecodeError",
@@ -46,6 +48,7 @@ __all__ = [
     "ImageTooLarge",
     "InvalidInput",
     "ModelConfigError",
+    "ProtocolError",
     "RequestTimeout",
     "RuntimeUnavailable",
     "ServerError",
@@ -178,6 +181,14 @@ class ServerOverloaded(ServerError):
     """Triton refused work for now (503, gRPC UNAVAILABLE, queue full): worth a retry."""
 
 
+class ProtocolError(ServerError):
+    """The server's answer is not a well-formed KServe v2 response.
+
+    A subclass of :class:`ServerError` (the server is the party at fault);
+    ``status`` is the HTTP status that came with the malformed body (0 if unknown).
+    """
+
+
 class ServerUnavailable(TritonVisionError, ConnectionError):
     """Triton cannot be reached (connection refused/reset, DNS failure)."""
 
@@ -196,3 +207,15 @@ class RuntimeUnavailable(TritonVisionError, RuntimeError):
 
 class ClientClosed(RuntimeUnavailable):
     """The client was closed; calls after ``close()`` fail at once."""
+
+
+class BatchError(TritonVisionError):
+    """Raised by :meth:`BatchEmbedding.raise_for_errors`: some items of a batch failed.
+
+    ``errors`` maps input index -> the exception for that item; the exception is
+    chained (``__cause__``) to the failure of the lowest failing index.
+    """
+
+    def __init__(self, message: str, *, errors: Mapping[int, BaseException]) -> None:
+        super().__init__(message, source=None)
+        self.errors = errors

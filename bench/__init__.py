@@ -1,0 +1,1 @@
+"""tritonvision benchmarks: scenarios side by side, ratios, the machine named."""

@@ -1,0 +1,1 @@
+"""Deployment manifests generated from a model repository (Kubernetes, KServe)."""

@@ -1,0 +1,7 @@
+"""``tritonvision verify`` (TEMPORARY shim during the restructure; replaced by the real module)."""
+
+from __future__ import annotations
+
+from tritonvision.export._cli import add_verify_parser as register
+
+__all__ = ["register"]

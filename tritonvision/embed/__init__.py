@@ -1,0 +1,1 @@
+"""The bulk-embed application behind ``tritonvision embed``."""
