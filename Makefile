@@ -31,7 +31,7 @@ test-all: venv
 check: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy client
+	MYPY=$(VENV)/bin/mypy tools/typecheck.sh
 
 format: venv
 	$(VENV)/bin/ruff check --fix .
