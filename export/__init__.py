@@ -4,8 +4,9 @@
 UNTRAINED CLIP ViT-B/32), exports ``pixels uint8 [N,H,W,3] -> embeddings fp32 [N,D]`` to one
 ONNX file, validates it against PyTorch with ONNX Runtime (a mismatch raises
 :class:`ExportValidationError`), and writes the encoder, preprocess and ensemble models of
-docs/DESIGN.md. ``write_repository_configs`` writes the configs alone; ``verify_server``
-compares a live Triton with PyTorch.
+docs/DESIGN.md, using the names of :mod:`tritonvision.contract`. ``write_repository_configs``
+writes the configs alone; ``verify_server`` compares a live Triton with PyTorch. Errors derive
+from :class:`ExportError`, a branch of :class:`tritonvision.errors.TritonVisionError`.
 
 Importing this package is cheap: torch, onnx, onnxruntime and transformers are imported
 inside the functions that need them.
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 from ._api import ExportResult, export_encoder, export_model
 from ._encoders import (
+    BUILTIN_CLIP_CONFIG,
     BUILTIN_SOURCE,
     ENCODER_FAMILIES,
     EncoderFamily,
+    EncoderInfo,
     LoadedEncoder,
-    ModelInfo,
-    Tolerance,
     builtin_encoder,
-    builtin_model_info,
+    builtin_encoder_info,
     describe_checkpoint,
     load_encoder,
 )
@@ -32,12 +33,12 @@ from ._options import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_QUEUE_DELAY_US,
     DEFAULT_MAX_QUEUE_SIZE,
-    DEFAULT_NAME,
     DEFAULT_PREPROCESS_INSTANCES,
     DEFAULT_REPOSITORY,
     DEFAULT_VERSION,
     ExportOptions,
 )
+from ._reports import Tolerance, ValidationReport, VerifyReport
 from ._repository import (
     PREPROCESS_MODEL_PY,
     RepositoryFiles,
@@ -45,16 +46,16 @@ from ._repository import (
     repository_files,
     write_repository_configs,
 )
-from ._validate import ValidationReport, validate_onnx
-from ._verify import DEFAULT_SERVER, VerifyReport, sample_images, verify_model, verify_server
+from ._validate import validate_onnx
+from ._verify import DEFAULT_SERVER, sample_images, verify_model, verify_server
 
 __all__ = [
+    "BUILTIN_CLIP_CONFIG",
     "BUILTIN_SOURCE",
     "DEFAULT_INSTANCES",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_QUEUE_DELAY_US",
     "DEFAULT_MAX_QUEUE_SIZE",
-    "DEFAULT_NAME",
     "DEFAULT_PREPROCESS_INSTANCES",
     "DEFAULT_REPOSITORY",
     "DEFAULT_SERVER",
@@ -63,19 +64,19 @@ __all__ = [
     "PREPROCESS_MODEL_PY",
     "CheckpointError",
     "EncoderFamily",
+    "EncoderInfo",
     "ExportError",
     "ExportOptions",
     "ExportResult",
     "ExportValidationError",
     "LoadedEncoder",
-    "ModelInfo",
     "RepositoryFiles",
     "Tolerance",
     "ValidationReport",
     "VerificationError",
     "VerifyReport",
     "builtin_encoder",
-    "builtin_model_info",
+    "builtin_encoder_info",
     "describe_checkpoint",
     "describe_model",
     "export_encoder",

@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._encoders import LoadedEncoder, ModelInfo, builtin_encoder, load_encoder
+from ._encoders import EncoderInfo, LoadedEncoder, builtin_encoder, load_encoder
 from ._options import ExportOptions
+from ._reports import ValidationReport
 from ._repository import RepositoryFiles, repository_files, write_repository_configs
-from ._validate import ValidationReport
 
 __all__ = ["ExportResult", "export_encoder", "export_model"]
 
@@ -23,7 +23,7 @@ class ExportResult:
     """What an export wrote, how long it took, and how the ONNX model compared with PyTorch."""
 
     options: ExportOptions
-    model: ModelInfo
+    model: EncoderInfo
     files: RepositoryFiles
     model_bytes: int
     validation: tuple[ValidationReport, ...]

@@ -18,8 +18,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from tritonvision.contract import (
+    BATCH_AXIS,
+    EMBEDDINGS_OUTPUT,
+    PARAM_EMBEDDING_DIM,
+    PARAM_FAMILY,
+    PARAM_NORMALIZED,
+    PARAM_PRECISION,
+    PARAM_PREPROCESSING,
+    PARAM_SOURCE,
+    PARAM_TRAINED,
+    PIXELS_INPUT,
+)
+
 from ._errors import CheckpointError
 from ._preprocessing import default_spec, spec_from_processor_config
+from ._reports import Tolerance
 
 if TYPE_CHECKING:
     import torch
@@ -30,14 +44,14 @@ if TYPE_CHECKING:
     from ._wrapper import EmbeddingWrapper
 
 __all__ = [
+    "BUILTIN_CLIP_CONFIG",
     "BUILTIN_SOURCE",
     "ENCODER_FAMILIES",
     "EncoderFamily",
+    "EncoderInfo",
     "LoadedEncoder",
-    "ModelInfo",
-    "Tolerance",
     "builtin_encoder",
-    "builtin_model_info",
+    "builtin_encoder_info",
     "describe_checkpoint",
     "family_for_model_type",
     "load_encoder",
@@ -46,34 +60,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUILTIN_SOURCE = "builtin:clip-vit-b32"
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "embeddings"
-BATCH_AXIS = "batch"
 BUILTIN_SEED = 0
+# The one description of the built-in encoder's shape (ViT-B/32): builtin_encoder builds its
+# CLIPVisionConfig from it and builtin_encoder_info reads the published sizes from it, so a
+# configs-only export needs neither torch nor transformers. Spelled out rather than taken from
+# CLIPVisionConfig's defaults, which a transformers release could change under a fixed seed.
+BUILTIN_CLIP_CONFIG: Mapping[str, int] = MappingProxyType(
+    {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 32,
+        "projection_dim": 512,
+    }
+)
 # Weights of two-tower checkpoints that the image encoder does not use.
 _UNUSED_WEIGHTS = ("text_model.", "text_projection.", "logit_scale", "logit_bias")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Tolerance:
-    """How close ONNX (or Triton) must be to PyTorch: |a - b| <= atol + rtol * |b| elementwise,
-    and every row's cosine similarity >= min_cosine."""
-
-    atol: float
-    rtol: float
-    min_cosine: float
-
-    def describe(self, max_abs_diff: float, min_cosine: float, passed: bool) -> str:
-        """Measured figures against these limits, for reports."""
-        verdict = "ok" if passed else "MISMATCH"
-        return (
-            f"max abs diff {max_abs_diff:.3g} (atol {self.atol:g} + rtol {self.rtol:g}*|ref|), "
-            f"min cosine {min_cosine:.7f} (>= {self.min_cosine:g}) {verdict}"
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelInfo:
+class EncoderInfo:
     """What a model repository publishes about an encoder; needs no weights to build."""
 
     family: str
@@ -97,15 +105,15 @@ class ModelInfo:
         return "fp16" if self.fp16 else "fp32"
 
     def parameters(self) -> dict[str, str]:
-        """The model-config ``parameters`` of DESIGN.md (plus ``tritonvision.precision``)."""
+        """The published model-config ``parameters`` (``PUBLISHED_PARAMETERS``, DESIGN.md)."""
         return {
-            "tritonvision.preprocessing": self.preprocessing.to_json(),
-            "tritonvision.family": self.family,
-            "tritonvision.source": self.source,
-            "tritonvision.trained": _bool(self.trained),
-            "tritonvision.embedding_dim": str(self.embedding_dim),
-            "tritonvision.normalized": _bool(self.normalized),
-            "tritonvision.precision": self.precision,
+            PARAM_PREPROCESSING: self.preprocessing.to_json(),
+            PARAM_FAMILY: self.family,
+            PARAM_SOURCE: self.source,
+            PARAM_TRAINED: _bool(self.trained),
+            PARAM_EMBEDDING_DIM: str(self.embedding_dim),
+            PARAM_NORMALIZED: _bool(self.normalized),
+            PARAM_PRECISION: self.precision,
         }
 
 
@@ -129,11 +137,14 @@ class EncoderFamily:
     opset: int
     tolerance: Tolerance
     fp16_tolerance: Tolerance
-    input_name: str = INPUT_NAME
-    output_name: str = OUTPUT_NAME
+    input_name: str = PIXELS_INPUT
+    output_name: str = EMBEDDINGS_OUTPUT
     # input/output name -> {axis: symbolic name}; only the batch axis is dynamic.
     dynamic_axes: Mapping[str, Mapping[int, str]] = field(
-        default_factory=lambda: {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+        default_factory=lambda: {
+            PIXELS_INPUT: {0: BATCH_AXIS},
+            EMBEDDINGS_OUTPUT: {0: BATCH_AXIS},
+        }
     )
     make_dummy_input: Callable[[int, int, int, int], torch.Tensor]
     # transformers config -> (embedding_dim, image_size)
@@ -269,8 +280,8 @@ class LoadedEncoder:
     tower: nn.Module
     projection: nn.Module
 
-    def info(self, *, normalize: bool, fp16: bool) -> ModelInfo:
-        return ModelInfo(
+    def info(self, *, normalize: bool, fp16: bool) -> EncoderInfo:
+        return EncoderInfo(
             family=self.family.name,
             source=self.source,
             trained=self.trained,
@@ -342,10 +353,10 @@ def _checkpoint_description(
 
 def describe_checkpoint(
     checkpoint: Path, *, normalize: bool = True, fp16: bool = False
-) -> ModelInfo:
+) -> EncoderInfo:
     """What an export of ``checkpoint`` would publish, from its JSON files (no weights loaded)."""
     family, _, embedding_dim, spec = _checkpoint_description(checkpoint)
-    return ModelInfo(
+    return EncoderInfo(
         family=family.name,
         source=str(checkpoint.resolve()),
         trained=True,
@@ -356,16 +367,20 @@ def describe_checkpoint(
     )
 
 
-def builtin_model_info(*, normalize: bool = True, fp16: bool = False) -> ModelInfo:
-    """What an export of the built-in default (seeded, untrained CLIP ViT-B/32) publishes."""
-    return ModelInfo(
+def builtin_encoder_info(*, normalize: bool = True, fp16: bool = False) -> EncoderInfo:
+    """What an export of the built-in default (seeded, untrained CLIP ViT-B/32) publishes.
+
+    Read from :data:`BUILTIN_CLIP_CONFIG`, the config :func:`builtin_encoder` builds, without
+    building it.
+    """
+    return EncoderInfo(
         family=CLIP.name,
         source=BUILTIN_SOURCE,
         trained=False,
-        embedding_dim=512,
+        embedding_dim=BUILTIN_CLIP_CONFIG["projection_dim"],
         normalized=normalize,
         fp16=fp16,
-        preprocessing=CLIP.default_preprocessing(224),
+        preprocessing=CLIP.default_preprocessing(BUILTIN_CLIP_CONFIG["image_size"]),
     )
 
 
@@ -387,17 +402,19 @@ def load_encoder(checkpoint: Path) -> LoadedEncoder:
 def builtin_encoder(vision_config: Any = None) -> LoadedEncoder:
     """The built-in default: CLIP ViT-B/32 image tower + projection, weights from seed 0.
 
-    UNTRAINED. ``vision_config`` (a ``CLIPVisionConfig``) replaces the ViT-B/32 shape, for tests;
-    the source then reads ``builtin:clip-custom``.
+    UNTRAINED. The shape is :data:`BUILTIN_CLIP_CONFIG`; ``vision_config`` (a
+    ``CLIPVisionConfig``) replaces it, for tests; the source then reads ``builtin:clip-custom``.
     """
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    config = vision_config if vision_config is not None else CLIPVisionConfig()
+    shape: dict[str, Any] = dict(BUILTIN_CLIP_CONFIG)
+    config = vision_config if vision_config is not None else CLIPVisionConfig(**shape)
     # Seed without disturbing the caller's RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BUILTIN_SEED)
-        model = CLIPVisionModelWithProjection(config).eval()
+        model = CLIPVisionModelWithProjection(config)
+        model.train(False)  # eval(); transformers' own eval() override is untyped
     embedding_dim, image_size = _describe_clip(config)
     return LoadedEncoder(
         family=CLIP,

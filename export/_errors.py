@@ -1,38 +1,40 @@
-"""Errors raised by ``tritonvision.export``.
+"""Errors raised by ``tritonvision.export``: a branch of tritonvision's one error tree.
 
 ::
 
-    ExportError
-    ├── CheckpointError (ValueError)   the checkpoint directory cannot be exported as given
-    ├── ExportValidationError          the ONNX model does not match PyTorch (names, shapes, values)
-    └── VerificationError              a live Triton model does not match PyTorch
+    TritonVisionError                  (tritonvision.errors)
+    └── ExportError                    the exporter could not produce or confirm a model
+        ├── CheckpointError (ValueError)   the checkpoint directory cannot be exported as given
+        ├── ExportValidationError          the ONNX model does not match PyTorch (names, shapes,
+        │                                  values; ``problems``, ``reports``)
+        └── VerificationError              a live Triton model does not match PyTorch (``report``)
+
+They pickle with their fields (``TritonVisionError.__reduce__``), so they cross process pools.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from ._validate import ValidationReport
-    from ._verify import VerifyReport
+from tritonvision.errors import TritonVisionError
+
+from ._reports import ValidationReport, VerifyReport
 
 __all__ = ["CheckpointError", "ExportError", "ExportValidationError", "VerificationError"]
 
 
-class ExportError(Exception):
+class ExportError(TritonVisionError):
     """Root of every error raised by the exporter."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class CheckpointError(ExportError, ValueError):
-    """The checkpoint directory is missing something the export needs, or is of an unknown kind."""
+    """The checkpoint directory is missing something the export needs, or is of an unknown kind.
+
+    ``checkpoint`` (also ``source``) is the directory or file at fault, when known.
+    """
 
     def __init__(self, message: str, *, checkpoint: object = None) -> None:
-        super().__init__(message)
+        super().__init__(message, source=checkpoint)
         self.checkpoint = checkpoint
 
 

@@ -6,12 +6,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tritonvision.contract import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MODEL,
+    ensemble_name,
+    preprocess_name,
+)
+
 __all__ = [
     "DEFAULT_INSTANCES",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_MAX_QUEUE_DELAY_US",
     "DEFAULT_MAX_QUEUE_SIZE",
-    "DEFAULT_NAME",
     "DEFAULT_PREPROCESS_INSTANCES",
     "DEFAULT_REPOSITORY",
     "DEFAULT_VERSION",
@@ -19,7 +25,6 @@ __all__ = [
 ]
 
 DEFAULT_REPOSITORY = Path("model_repository")
-DEFAULT_NAME = "vision_encoder"
 DEFAULT_VERSION = 1
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
@@ -37,12 +42,13 @@ class ExportOptions:
 
     ``checkpoint=None`` exports the built-in default (seeded, UNTRAINED CLIP ViT-B/32).
     ``tensorrt`` adds ORT's TensorRT accelerator (FP16) to the encoder config: the GPU
-    deployment's choice; Triton only applies it to GPU instances.
+    deployment's choice; Triton only applies it to GPU instances. ``max_image_pixels`` is
+    the preprocess model's decompression-bomb limit (written as ``PARAM_MAX_IMAGE_PIXELS``).
     """
 
     checkpoint: Path | None = None
     repository: Path = DEFAULT_REPOSITORY
-    name: str = DEFAULT_NAME
+    name: str = DEFAULT_MODEL
     version: int = DEFAULT_VERSION
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     fp16: bool = False
@@ -53,6 +59,7 @@ class ExportOptions:
     preprocess_instances: int = DEFAULT_PREPROCESS_INSTANCES
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     tensorrt: bool = True
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     validation_batch_sizes: tuple[int, ...] = field(default=DEFAULT_VALIDATION_BATCH_SIZES)
 
     def __post_init__(self) -> None:
@@ -62,7 +69,13 @@ class ExportOptions:
             object.__setattr__(self, "repository", Path(self.repository))
         if not _MODEL_NAME.fullmatch(self.name):
             raise ValueError(f"name={self.name!r}: use letters, digits, '_', '.', '-'")
-        for attr in ("version", "max_batch_size", "instances", "preprocess_instances"):
+        for attr in (
+            "version",
+            "max_batch_size",
+            "instances",
+            "preprocess_instances",
+            "max_image_pixels",
+        ):
             if getattr(self, attr) < 1:
                 raise ValueError(f"{attr}={getattr(self, attr)!r} must be >= 1")
         if self.max_queue_delay_us < 0:
@@ -85,8 +98,8 @@ class ExportOptions:
 
     @property
     def preprocess_name(self) -> str:
-        return f"{self.name}_preprocess"
+        return preprocess_name(self.name)
 
     @property
     def ensemble_name(self) -> str:
-        return f"{self.name}_images"
+        return ensemble_name(self.name)

@@ -1,8 +1,8 @@
-"""The preprocessing spec an export publishes, read through the client's ``PreprocessSpec``.
+"""The preprocessing spec an export publishes, read through the contract's ``PreprocessSpec``.
 
-``tritonvision.client._imaging`` is the one implementation of the spec (DESIGN.md), so the
-exporter publishes exactly what the client and the preprocess model parse. This module only
-adds the export-side knowledge: which family's defaults apply, and turning the client's
+``tritonvision.contract.PreprocessSpec`` is the one reader and writer of the spec (DESIGN.md),
+so the exporter publishes exactly what the client and the preprocess model parse. This module
+only adds the export-side knowledge: which family's defaults apply, and turning the spec's
 ``ModelConfigError`` into a :class:`CheckpointError` that names the checkpoint.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from tritonvision.contract import PreprocessSpec
+from tritonvision.errors import ModelConfigError
 
 from ._errors import CheckpointError
-
-if TYPE_CHECKING:
-    from tritonvision.contract import PreprocessSpec
 
 __all__ = ["default_spec", "spec_from_processor_config"]
 
@@ -25,8 +25,6 @@ _PROCESSOR_TYPES = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcesso
 
 def default_spec(family: str, image_size: int) -> PreprocessSpec:
     """The family's preprocessing for a checkpoint without ``preprocessor_config.json``."""
-    from tritonvision.contract import PreprocessSpec
-
     if family == "siglip":
         return PreprocessSpec.siglip_default(image_size)
     return PreprocessSpec.clip_default(image_size)
@@ -36,9 +34,6 @@ def spec_from_processor_config(
     config: Mapping[str, Any], *, family: str, path: Path | None = None
 ) -> PreprocessSpec:
     """Read a transformers ``preprocessor_config.json`` (already parsed)."""
-    from tritonvision.client._errors import ModelConfigError
-    from tritonvision.contract import PreprocessSpec
-
     if not (config.get("image_processor_type") or config.get("feature_extractor_type")):
         # PreprocessSpec picks the processor's defaults by this key; without it, the
         # checkpoint's family decides.

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._encoders import INPUT_NAME, OUTPUT_NAME, ModelInfo, builtin_model_info, describe_checkpoint
+from tritonvision.contract import (
+    EMBEDDINGS_OUTPUT,
+    IMAGES_INPUT,
+    PARAM_MAX_IMAGE_PIXELS,
+    PIXELS_INPUT,
+)
+
+from ._encoders import EncoderInfo, builtin_encoder_info, describe_checkpoint
 from ._options import ExportOptions
 
 if TYPE_CHECKING:
@@ -37,7 +44,6 @@ PREPROCESS_MODEL_PY = (
     "from tritonvision.serve.backends.preprocess import TritonPythonModel  # noqa: F401\n"
 )
 CONFIG_HEADER = "# Written by `tritonvision export`; change the export options, not this file.\n"
-IMAGES_INPUT = "images"
 TENSORRT_PARAMETERS = {"precision_mode": "FP16", "max_workspace_size_bytes": str(1 << 30)}
 WARMUP_NAME = "zero_pixels"
 
@@ -78,10 +84,10 @@ def repository_files(options: ExportOptions) -> RepositoryFiles:
     )
 
 
-def describe_model(options: ExportOptions) -> ModelInfo:
+def describe_model(options: ExportOptions) -> EncoderInfo:
     """What ``options`` would publish, without loading weights."""
     if options.checkpoint is None:
-        return builtin_model_info(normalize=options.normalize, fp16=options.fp16)
+        return builtin_encoder_info(normalize=options.normalize, fp16=options.fp16)
     return describe_checkpoint(options.checkpoint, normalize=options.normalize, fp16=options.fp16)
 
 
@@ -91,7 +97,7 @@ def _pb() -> Any:
     return model_config_pb2
 
 
-def _set_parameters(config: model_config_pb2.ModelConfig, info: ModelInfo) -> None:
+def _set_parameters(config: model_config_pb2.ModelConfig, info: EncoderInfo) -> None:
     for key, value in info.parameters().items():
         config.parameters[key].string_value = value
 
@@ -107,7 +113,7 @@ def _queue_policy(options: ExportOptions) -> model_config_pb2.ModelQueuePolicy:
     )
 
 
-def encoder_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.ModelConfig:
+def encoder_config(options: ExportOptions, info: EncoderInfo) -> model_config_pb2.ModelConfig:
     """``NAME``: the ONNX encoder, uint8 pixels [H, W, 3] -> fp32 embeddings [D]."""
     pb = _pb()
     pixel_dims = [info.height, info.width, 3]
@@ -116,9 +122,11 @@ def encoder_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.
         platform="onnxruntime_onnx",
         backend="onnxruntime",
         max_batch_size=options.max_batch_size,
-        input=[pb.ModelInput(name=INPUT_NAME, data_type=pb.TYPE_UINT8, dims=pixel_dims)],
+        input=[pb.ModelInput(name=PIXELS_INPUT, data_type=pb.TYPE_UINT8, dims=pixel_dims)],
         output=[
-            pb.ModelOutput(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[info.embedding_dim])
+            pb.ModelOutput(
+                name=EMBEDDINGS_OUTPUT, data_type=pb.TYPE_FP32, dims=[info.embedding_dim]
+            )
         ],
         # KIND_AUTO (the default, so not printed): GPU where Triton has one, else CPU; the same
         # file loads on both.
@@ -133,7 +141,7 @@ def encoder_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.
                 name=WARMUP_NAME,
                 batch_size=1,
                 inputs={
-                    INPUT_NAME: pb.ModelWarmup.Input(
+                    PIXELS_INPUT: pb.ModelWarmup.Input(
                         data_type=pb.TYPE_UINT8, dims=pixel_dims, zero_data=True
                     )
                 },
@@ -148,8 +156,12 @@ def encoder_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.
     return config
 
 
-def preprocess_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.ModelConfig:
-    """``NAME_preprocess``: python backend, encoded image bytes [1] -> uint8 pixels [H, W, 3]."""
+def preprocess_config(options: ExportOptions, info: EncoderInfo) -> model_config_pb2.ModelConfig:
+    """``NAME_preprocess``: python backend, encoded image bytes [1] -> uint8 pixels [H, W, 3].
+
+    Besides the published parameters it carries ``PARAM_MAX_IMAGE_PIXELS``, the
+    decompression-bomb limit the backend enforces while decoding.
+    """
     pb = _pb()
     config = pb.ModelConfig(
         name=options.preprocess_name,
@@ -158,7 +170,7 @@ def preprocess_config(options: ExportOptions, info: ModelInfo) -> model_config_p
         input=[pb.ModelInput(name=IMAGES_INPUT, data_type=pb.TYPE_STRING, dims=[1])],
         output=[
             pb.ModelOutput(
-                name=INPUT_NAME, data_type=pb.TYPE_UINT8, dims=[info.height, info.width, 3]
+                name=PIXELS_INPUT, data_type=pb.TYPE_UINT8, dims=[info.height, info.width, 3]
             )
         ],
         # Decoding is CPU work whatever the box.
@@ -170,10 +182,11 @@ def preprocess_config(options: ExportOptions, info: ModelInfo) -> model_config_p
         dynamic_batching=pb.ModelDynamicBatching(default_queue_policy=_queue_policy(options)),
     )
     _set_parameters(config, info)
+    config.parameters[PARAM_MAX_IMAGE_PIXELS].string_value = str(options.max_image_pixels)
     return config
 
 
-def ensemble_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2.ModelConfig:
+def ensemble_config(options: ExportOptions, info: EncoderInfo) -> model_config_pb2.ModelConfig:
     """``NAME_images``: images -> NAME_preprocess -> NAME -> embeddings."""
     pb = _pb()
     step = pb.ModelEnsembling.Step
@@ -183,7 +196,9 @@ def ensemble_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2
         max_batch_size=options.max_batch_size,
         input=[pb.ModelInput(name=IMAGES_INPUT, data_type=pb.TYPE_STRING, dims=[1])],
         output=[
-            pb.ModelOutput(name=OUTPUT_NAME, data_type=pb.TYPE_FP32, dims=[info.embedding_dim])
+            pb.ModelOutput(
+                name=EMBEDDINGS_OUTPUT, data_type=pb.TYPE_FP32, dims=[info.embedding_dim]
+            )
         ],
         ensemble_scheduling=pb.ModelEnsembling(
             step=[
@@ -191,13 +206,13 @@ def ensemble_config(options: ExportOptions, info: ModelInfo) -> model_config_pb2
                     model_name=options.preprocess_name,
                     model_version=-1,
                     input_map={IMAGES_INPUT: IMAGES_INPUT},
-                    output_map={INPUT_NAME: INPUT_NAME},
+                    output_map={PIXELS_INPUT: PIXELS_INPUT},
                 ),
                 step(
                     model_name=options.name,
                     model_version=-1,
-                    input_map={INPUT_NAME: INPUT_NAME},
-                    output_map={OUTPUT_NAME: OUTPUT_NAME},
+                    input_map={PIXELS_INPUT: PIXELS_INPUT},
+                    output_map={EMBEDDINGS_OUTPUT: EMBEDDINGS_OUTPUT},
                 ),
             ]
         ),
@@ -219,7 +234,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_repository_configs(
-    options: ExportOptions, info: ModelInfo | None = None
+    options: ExportOptions, info: EncoderInfo | None = None
 ) -> RepositoryFiles:
     """Write the three configs, the preprocess shim and the ensemble placeholder (no model.onnx).
 

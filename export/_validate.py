@@ -9,37 +9,22 @@ min cosine within the family's tolerance, unit norm when normalised. Any failure
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._encoders import EncoderFamily, Tolerance
 from ._errors import ExportValidationError
+from ._reports import Tolerance, ValidationReport
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
     from torch import nn
 
-__all__ = ["ValidationReport", "compare_embeddings", "validate_onnx"]
+    from ._encoders import EncoderFamily
+
+__all__ = ["compare_embeddings", "validate_onnx"]
 
 _UNIT_NORM_ATOL = 1e-4
-
-
-@dataclass(frozen=True, kw_only=True)
-class ValidationReport:
-    """The figures of one comparison at one batch size."""
-
-    batch_size: int
-    output_shape: tuple[int, ...]
-    max_abs_diff: float
-    min_cosine: float
-    tolerance: Tolerance
-    passed: bool
-
-    def describe(self) -> str:
-        figures = self.tolerance.describe(self.max_abs_diff, self.min_cosine, self.passed)
-        return f"batch {self.batch_size}: {figures}"
 
 
 def compare_embeddings(
@@ -142,7 +127,7 @@ def validate_onnx(
     for seed, batch in enumerate(batch_sizes, start=1):
         pixels = family.make_dummy_input(batch, height, width, seed)
         with torch.no_grad():
-            expected: np.ndarray = reference(pixels).numpy()
+            expected: npt.NDArray[np.float32] = reference(pixels).numpy()
         (got,) = session.run([family.output_name], {family.input_name: pixels.numpy()})
         if got.shape != (batch, embedding_dim) or got.dtype != np.float32:
             problems.append(

@@ -10,13 +10,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._encoders import LoadedEncoder, Tolerance, builtin_encoder, load_encoder
+from tritonvision.contract import (
+    DEFAULT_MODEL,
+    PARAM_EMBEDDING_DIM,
+    PARAM_FAMILY,
+    PARAM_NORMALIZED,
+    PARAM_PRECISION,
+    PARAM_PREPROCESSING,
+    PARAM_SOURCE,
+    PARAM_TRAINED,
+    PreprocessSpec,
+)
+from tritonvision.errors import ModelConfigError
+
+from ._encoders import LoadedEncoder, builtin_encoder, load_encoder
 from ._errors import VerificationError
-from ._options import DEFAULT_NAME
+from ._reports import VerifyReport
 from ._validate import compare_embeddings
 
 if TYPE_CHECKING:
@@ -26,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SERVER",
-    "VerifyReport",
     "published_parameters",
     "sample_images",
     "verify_model",
@@ -35,33 +46,14 @@ __all__ = [
 
 DEFAULT_SERVER = "localhost:8000"
 REQUIRED_PARAMETERS = (
-    "tritonvision.preprocessing",
-    "tritonvision.family",
-    "tritonvision.trained",
-    "tritonvision.embedding_dim",
-    "tritonvision.normalized",
+    PARAM_PREPROCESSING,
+    PARAM_FAMILY,
+    PARAM_TRAINED,
+    PARAM_EMBEDDING_DIM,
+    PARAM_NORMALIZED,
 )
 
 Infer = Callable[["npt.NDArray[np.uint8]"], "npt.NDArray[Any]"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerifyReport:
-    """How a served model compared with PyTorch over the sample images."""
-
-    model_name: str
-    served_source: str
-    reference_source: str
-    images: tuple[str, ...]
-    cosines: tuple[float, ...]
-    max_abs_diff: float
-    min_cosine: float
-    tolerance: Tolerance
-    passed: bool
-
-    def describe(self) -> str:
-        figures = self.tolerance.describe(self.max_abs_diff, self.min_cosine, self.passed)
-        return f"{self.model_name}: {len(self.images)} images, {figures}"
 
 
 def sample_images() -> list[tuple[str, Image.Image]]:
@@ -101,7 +93,7 @@ def published_parameters(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _uses_fp16(config: Mapping[str, Any], params: Mapping[str, str]) -> bool:
-    if params.get("tritonvision.precision") == "fp16":
+    if params.get(PARAM_PRECISION) == "fp16":
         return True
     # TensorRT at FP16 on a GPU instance computes in half precision even for fp32 weights.
     accelerators = (
@@ -132,9 +124,7 @@ def verify_model(
     import numpy as np
     import torch
 
-    from tritonvision.client._errors import ModelConfigError
     from tritonvision.client._imaging import preprocess_image
-    from tritonvision.contract import PreprocessSpec
 
     name = str(config.get("name", "?"))
     params = published_parameters(config)
@@ -142,7 +132,7 @@ def verify_model(
     if missing:
         raise VerificationError(f"{name}: model config does not publish {', '.join(missing)}")
     try:
-        spec = PreprocessSpec.from_json(params["tritonvision.preprocessing"])
+        spec = PreprocessSpec.from_json(params[PARAM_PREPROCESSING])
     except ModelConfigError as exc:
         raise VerificationError(f"{name}: {exc.message}") from exc
 
@@ -150,9 +140,9 @@ def verify_model(
         encoder = load_encoder(checkpoint) if checkpoint is not None else builtin_encoder()
     problems: list[str] = []
     served = {
-        "tritonvision.family": encoder.family.name,
-        "tritonvision.embedding_dim": str(encoder.embedding_dim),
-        "tritonvision.trained": "true" if encoder.trained else "false",
+        PARAM_FAMILY: encoder.family.name,
+        PARAM_EMBEDDING_DIM: str(encoder.embedding_dim),
+        PARAM_TRAINED: "true" if encoder.trained else "false",
     }
     for key, expected in served.items():
         if params[key] != expected:
@@ -172,7 +162,7 @@ def verify_model(
         raise VerificationError("no images to verify with")
     pixels = np.stack([preprocess_image(img, spec) for _, img in samples])
     max_batch = int(config.get("max_batch_size", 0)) or 1
-    reference_module = encoder.wrapper(normalize=params["tritonvision.normalized"] == "true")
+    reference_module = encoder.wrapper(normalize=params[PARAM_NORMALIZED] == "true")
     got_parts, want_parts = [], []
     for start in range(0, len(pixels), max_batch):
         chunk = pixels[start : start + max_batch]
@@ -191,7 +181,7 @@ def verify_model(
     )
     report = VerifyReport(
         model_name=name,
-        served_source=params.get("tritonvision.source", ""),
+        served_source=params.get(PARAM_SOURCE, ""),
         reference_source=encoder.source,
         images=tuple(n for n, _ in samples),
         cosines=tuple(float(c) for c in cosines),
@@ -217,7 +207,7 @@ def verify_server(
     url: str = DEFAULT_SERVER,
     *,
     checkpoint: Path | None = None,
-    name: str = DEFAULT_NAME,
+    name: str = DEFAULT_MODEL,
     images: Sequence[tuple[str, Image.Image]] | None = None,
     encoder: LoadedEncoder | None = None,
     timeout_s: float = 120.0,
@@ -249,7 +239,7 @@ def verify_server(
                 result = client.infer(name, [tensor], outputs=[wanted])
             except (InferenceServerException, OSError) as exc:
                 raise VerificationError(f"inference on {name!r} at {host} failed: {exc}") from exc
-            out = result.as_numpy(output_name)
+            out: npt.NDArray[Any] | None = result.as_numpy(output_name)
             if out is None:
                 raise VerificationError(f"{name!r} at {host} returned no {output_name!r}")
             return out

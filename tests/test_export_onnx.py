@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +20,18 @@ transformers = pytest.importorskip("transformers")
 from google.protobuf import json_format, text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
+from tritonvision.cli import main as cli_main  # noqa: E402
+from tritonvision.cli.export import format_summary  # noqa: E402
 from tritonvision.client._imaging import normalize_pixels  # noqa: E402
+from tritonvision.contract import (  # noqa: E402
+    BATCH_AXIS,
+    EMBEDDINGS_OUTPUT,
+    PARAM_FAMILY,
+    PARAM_NORMALIZED,
+    PARAM_SOURCE,
+    PARAM_TRAINED,
+    PIXELS_INPUT,
+)
 from tritonvision.export import (  # noqa: E402
     ENCODER_FAMILIES,
     CheckpointError,
@@ -37,7 +48,6 @@ from tritonvision.export import (  # noqa: E402
     verify_model,
     verify_server,
 )
-from tritonvision.export._cli import add_export_parser, format_summary  # noqa: E402
 
 TINY = {
     "hidden_size": 32,
@@ -130,7 +140,7 @@ def exports(
 
 def _run_onnx(path: Path, pixels: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(["embeddings"], {"pixels": pixels})
+    (out,) = session.run([EMBEDDINGS_OUTPUT], {PIXELS_INPUT: pixels})
     return out
 
 
@@ -239,19 +249,18 @@ def test_model_file_is_one_self_contained_onnx_file(
     (inp,), (out,) = model.graph.input, model.graph.output
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert (inp.name, inp.type.tensor_type.elem_type, dims) == (
-        "pixels",
+        PIXELS_INPUT,
         onnx.TensorProto.UINT8,
-        ["batch", 32, 32, 3],
+        [BATCH_AXIS, 32, 32, 3],
     )
     dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
     assert (out.name, out.type.tensor_type.elem_type, dims) == (
-        "embeddings",
+        EMBEDDINGS_OUTPUT,
         onnx.TensorProto.FLOAT,
-        ["batch", PROJECTION],
+        [BATCH_AXIS, PROJECTION],
     )
     metadata = {p.key: p.value for p in model.metadata_props}
-    assert metadata["tritonvision.family"] == "clip"
-    assert metadata["tritonvision.trained"] == "true"
+    assert metadata.items() >= result.model.parameters().items()
 
 
 def test_export_writes_configs_matching_the_checkpoint(
@@ -264,14 +273,34 @@ def test_export_writes_configs_matching_the_checkpoint(
     assert list(config.input[0].dims) == [32, 32, 3]
     assert list(config.output[0].dims) == [32]
     params = {k: v.string_value for k, v in config.parameters.items()}
-    assert params["tritonvision.family"] == "siglip"
-    assert params["tritonvision.source"] == str(result.options.checkpoint.resolve())
+    assert params[PARAM_FAMILY] == "siglip"
+    assert params[PARAM_SOURCE] == str(result.options.checkpoint.resolve())
     spec = result.model.preprocessing.to_dict()
     assert spec["resize"] == {"mode": "exact", "height": 32, "width": 32}
     assert spec["crop"] is None
     assert spec["mean"] == [0.5, 0.5, 0.5]
     for path in result.files.configs:
         assert path.exists()
+
+
+@pytest.mark.parametrize(("family", "kind"), CASES)
+def test_configs_only_writes_what_a_full_export_writes(
+    exports: dict[tuple[str, str], ExportResult],
+    checkpoints: dict[tuple[str, str], Path],
+    tmp_path: Path,
+    family: str,
+    kind: str,
+) -> None:
+    # configs-only describes the checkpoint from its JSON files; a full export from the
+    # loaded model. The two must publish the same bytes.
+    full = exports[family, kind]
+    checkpoint = checkpoints[family, kind]
+    argv = ["export", "--configs-only", "--checkpoint", str(checkpoint)]
+    assert cli_main([*argv, "--repository", str(tmp_path)]) == 0
+    assert not any(tmp_path.rglob("*.onnx"))
+    for path in full.files.configs:
+        relative = path.relative_to(full.options.repository)
+        assert (tmp_path / relative).read_bytes() == path.read_bytes(), relative
 
 
 def test_fp16_export_has_fp16_weights_uint8_input_and_fp32_output(
@@ -337,7 +366,7 @@ def test_default_is_reported_untrained(
     config = text_format.Parse(
         result.files.encoder_config.read_text(), model_config_pb2.ModelConfig()
     )
-    assert config.parameters["tritonvision.trained"].string_value == "false"
+    assert config.parameters[PARAM_TRAINED].string_value == "false"
     assert "UNTRAINED" in format_summary(result)
 
 
@@ -387,7 +416,7 @@ def test_renamed_output_fails_validation_before_any_values(
 ) -> None:
     model = onnx.load(str(exports["clip", "vision"].model_path))
     for node in model.graph.node:
-        node.output[:] = ["features" if o == "embeddings" else o for o in node.output]
+        node.output[:] = ["features" if o == EMBEDDINGS_OUTPUT else o for o in node.output]
     model.graph.output[0].name = "features"
     renamed = tmp_path / "model.onnx"
     onnx.save(model, str(renamed))
@@ -413,16 +442,10 @@ def test_clip_vision_checkpoint_without_projection_is_refused(tmp_path: Path) ->
         load_encoder(tmp_path)
 
 
-def _parse_cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def test_cli_export_prints_the_figures_and_honours_options(
     checkpoints: dict[tuple[str, str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parse_cli(
+    code = cli_main(
         [
             "export",
             "--checkpoint",
@@ -443,7 +466,7 @@ def test_cli_export_prints_the_figures_and_honours_options(
             "--no-tensorrt",
         ]
     )
-    assert args.func(args) == 0
+    assert code == 0
     out = capsys.readouterr().out
     for text in ("batch 1: max abs diff", "batch 3: max abs diff", "min cosine", "model.onnx:"):
         assert text in out
@@ -454,7 +477,7 @@ def test_cli_export_prints_the_figures_and_honours_options(
     assert config.max_batch_size == 8
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert not config.optimization.HasField("execution_accelerators")
-    assert config.parameters["tritonvision.normalized"].string_value == "false"
+    assert config.parameters[PARAM_NORMALIZED].string_value == "false"
     raw = _run_onnx(tmp_path / "tiny" / "3" / "model.onnx", _pixels(2))
     assert not np.allclose(np.linalg.norm(raw, axis=-1), 1.0)
 
@@ -463,8 +486,8 @@ def test_cli_export_reports_a_bad_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "resnet"}')
-    args = _parse_cli(["export", "--checkpoint", str(tmp_path), "--repository", str(tmp_path)])
-    assert args.func(args) == 2
+    argv = ["export", "--checkpoint", str(tmp_path), "--repository", str(tmp_path)]
+    assert cli_main(argv) == 2
     assert "unsupported model_type 'resnet'" in capsys.readouterr().err
 
 
@@ -514,7 +537,7 @@ def test_verify_model_refuses_a_different_reference(
     exports: dict[tuple[str, str], ExportResult], checkpoints: dict[tuple[str, str], Path]
 ) -> None:
     result = exports["clip", "vision"]
-    with pytest.raises(VerificationError, match=r"tritonvision\.family"):
+    with pytest.raises(VerificationError, match=re.escape(PARAM_FAMILY)):
         verify_model(
             _triton_json_config(result),
             lambda pixels: _run_onnx(result.model_path, pixels),

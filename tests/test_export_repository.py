@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+import ast
+import graphlib
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +14,44 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+import tritonvision.export
+from tritonvision.cli import main as cli_main
+from tritonvision.contract import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MODEL,
+    EMBEDDINGS_OUTPUT,
+    PARAM_EMBEDDING_DIM,
+    PARAM_FAMILY,
+    PARAM_MAX_IMAGE_PIXELS,
+    PARAM_NORMALIZED,
+    PARAM_PRECISION,
+    PARAM_PREPROCESSING,
+    PARAM_SOURCE,
+    PARAM_TRAINED,
+    PIXELS_INPUT,
+    PUBLISHED_PARAMETERS,
+    PreprocessSpec,
+    ensemble_name,
+    preprocess_name,
+)
+from tritonvision.errors import TritonVisionError
 from tritonvision.export import (
     BUILTIN_SOURCE,
     PREPROCESS_MODEL_PY,
     CheckpointError,
+    ExportError,
     ExportOptions,
-    builtin_model_info,
+    ExportValidationError,
+    Tolerance,
+    ValidationReport,
+    VerificationError,
+    builtin_encoder,
+    builtin_encoder_info,
     describe_model,
     write_repository_configs,
 )
-from tritonvision.export._cli import add_export_parser
+
+COMMITTED = Path(__file__).resolve().parents[1] / "model_repository"
 
 DESIGN_CLIP_SPEC = {
     "resize": {"mode": "shortest_edge", "shortest_edge": 224},
@@ -51,7 +81,7 @@ def _params(config: pb.ModelConfig) -> dict[str, str]:
 @pytest.fixture
 def default_repo(tmp_path: Path) -> Path:
     write_repository_configs(
-        ExportOptions(repository=tmp_path, preferred_batch_sizes=(16, 8)), builtin_model_info()
+        ExportOptions(repository=tmp_path, preferred_batch_sizes=(16, 8)), builtin_encoder_info()
     )
     return tmp_path
 
@@ -95,16 +125,17 @@ def test_encoder_config_parses_back_with_every_setting(default_repo: Path) -> No
 
 def test_published_parameters_follow_design(default_repo: Path) -> None:
     params = _params(_parse(default_repo / "vision_encoder" / "config.pbtxt"))
-    spec_json = params.pop("tritonvision.preprocessing")
+    assert sorted(params) == sorted(PUBLISHED_PARAMETERS)
+    spec_json = params.pop(PARAM_PREPROCESSING)
     assert json.loads(spec_json) == DESIGN_CLIP_SPEC
     assert spec_json == json.dumps(DESIGN_CLIP_SPEC, sort_keys=True)
     assert params == {
-        "tritonvision.family": "clip",
-        "tritonvision.source": BUILTIN_SOURCE,
-        "tritonvision.trained": "false",
-        "tritonvision.embedding_dim": "512",
-        "tritonvision.normalized": "true",
-        "tritonvision.precision": "fp32",
+        PARAM_FAMILY: "clip",
+        PARAM_SOURCE: BUILTIN_SOURCE,
+        PARAM_TRAINED: "false",
+        PARAM_EMBEDDING_DIM: "512",
+        PARAM_NORMALIZED: "true",
+        PARAM_PRECISION: "fp32",
     }
 
 
@@ -122,7 +153,10 @@ def test_preprocess_model_config_and_shim(default_repo: Path) -> None:
     (group,) = config.instance_group
     assert group.kind == pb.ModelInstanceGroup.KIND_CPU
     encoder = _parse(default_repo / "vision_encoder" / "config.pbtxt")
-    assert _params(config) == _params(encoder)
+    assert _params(config) == {
+        **_params(encoder),
+        PARAM_MAX_IMAGE_PIXELS: str(DEFAULT_MAX_IMAGE_PIXELS),
+    }
 
     shim = default_repo / "vision_encoder_preprocess" / "1" / "model.py"
     assert shim.read_text(encoding="utf-8") == SHIM == PREPROCESS_MODEL_PY
@@ -170,8 +204,9 @@ def test_no_tensorrt_and_custom_names(tmp_path: Path) -> None:
     assert not config.HasField("optimization")
     assert config.instance_group[0].count == 3
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 9
-    assert _params(config)["tritonvision.precision"] == "fp16"
-    assert _params(config)["tritonvision.normalized"] == "false"
+    assert _params(config)[PARAM_PRECISION] == "fp16"
+    assert _params(config)[PARAM_NORMALIZED] == "false"
+    assert PARAM_MAX_IMAGE_PIXELS not in _params(config)
     assert files.model == tmp_path / "enc" / "4" / "model.onnx"
     assert files.preprocess_model == tmp_path / "enc_preprocess" / "4" / "model.py"
     steps = _parse(files.ensemble_config).ensemble_scheduling.step
@@ -230,12 +265,12 @@ def test_siglip_without_processor_config_gets_family_defaults(tmp_path: Path) ->
     checkpoint = _tiny_checkpoint_config(tmp_path / "ckpt", "siglip", processor=None)
     files = write_repository_configs(ExportOptions(checkpoint=checkpoint, repository=tmp_path))
     params = _params(_parse(files.encoder_config))
-    spec = json.loads(params["tritonvision.preprocessing"])
+    spec = json.loads(params[PARAM_PREPROCESSING])
     assert spec["resize"] == {"mode": "exact", "height": 32, "width": 32}
     assert spec["crop"] is None
     assert (spec["mean"], spec["std"]) == ([0.5] * 3, [0.5] * 3)
-    assert params["tritonvision.embedding_dim"] == "32"
-    assert params["tritonvision.family"] == "siglip"
+    assert params[PARAM_EMBEDDING_DIM] == "32"
+    assert params[PARAM_FAMILY] == "siglip"
 
 
 def test_processor_output_size_must_match_the_model(tmp_path: Path) -> None:
@@ -265,6 +300,7 @@ def test_unknown_model_type_is_refused(tmp_path: Path) -> None:
         {"preferred_batch_sizes": (64,)},
         {"max_queue_size": 0},
         {"validation_batch_sizes": (1, 1)},
+        {"max_image_pixels": 0},
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
@@ -272,22 +308,109 @@ def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
         ExportOptions(**kwargs)  # type: ignore[arg-type]
 
 
-def test_cli_configs_only_writes_configs_and_warns_untrained(
+def test_max_image_pixels_is_written_on_the_preprocess_model_only(tmp_path: Path) -> None:
+    files = write_repository_configs(ExportOptions(repository=tmp_path, max_image_pixels=4096))
+    assert _params(_parse(files.preprocess_config))[PARAM_MAX_IMAGE_PIXELS] == "4096"
+    for path in (files.encoder_config, files.ensemble_config):
+        assert PARAM_MAX_IMAGE_PIXELS not in _params(_parse(path))
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    # model.onnx is written by a full export only; .pyc by Python when Triton ran the repository.
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix not in (".onnx", ".pyc")
+    }
+
+
+def test_cli_configs_only_writes_the_committed_repository_and_warns_untrained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers())
-    args = parser.parse_args(["export", "--configs-only", "--repository", str(tmp_path)])
-    assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "UNTRAINED" in out
-    assert (tmp_path / "vision_encoder" / "config.pbtxt").is_file()
-    assert not (tmp_path / "vision_encoder" / "1").exists()
-    reference = tmp_path / "again"
-    write_repository_configs(ExportOptions(repository=reference))
-    for name in ("vision_encoder", "vision_encoder_preprocess", "vision_encoder_images"):
-        path = Path(name) / "config.pbtxt"
-        assert (tmp_path / path).read_bytes() == (reference / path).read_bytes()
+    # The committed repository is checked against the built-in encoder itself (below), so
+    # this fails if configs-only writes anything but what describes that encoder.
+    assert cli_main(["export", "--configs-only", "--repository", str(tmp_path)]) == 0
+    assert "UNTRAINED" in capsys.readouterr().out
+    assert not (tmp_path / DEFAULT_MODEL / "1").exists()
+    assert _tree(tmp_path) == _tree(COMMITTED)
+
+
+def test_committed_repository_describes_the_builtin_encoder() -> None:
+    import torch
+
+    encoder = builtin_encoder()
+    with torch.no_grad():
+        height, width, _ = encoder.preprocessing.output_shape
+        pixels = torch.zeros((2, height, width, 3), dtype=torch.uint8)
+        embeddings = encoder.wrapper(normalize=True)(pixels)
+    assert tuple(embeddings.shape) == (2, encoder.embedding_dim)
+
+    names = (DEFAULT_MODEL, preprocess_name(DEFAULT_MODEL), ensemble_name(DEFAULT_MODEL))
+    encoder_cfg, preprocess_cfg, ensemble_cfg = (
+        _parse(COMMITTED / name / "config.pbtxt") for name in names
+    )
+    pixel_dims = [height, width, 3]
+    assert (encoder_cfg.input[0].name, list(encoder_cfg.input[0].dims)) == (
+        PIXELS_INPUT,
+        pixel_dims,
+    )
+    assert (preprocess_cfg.output[0].name, list(preprocess_cfg.output[0].dims)) == (
+        PIXELS_INPUT,
+        pixel_dims,
+    )
+    for config in (encoder_cfg, ensemble_cfg):
+        assert (config.output[0].name, list(config.output[0].dims)) == (
+            EMBEDDINGS_OUTPUT,
+            [encoder.embedding_dim],
+        )
+    published = encoder.info(normalize=True, fp16=False).parameters()
+    for config in (encoder_cfg, preprocess_cfg, ensemble_cfg):
+        params = _params(config)
+        assert {k: params[k] for k in PUBLISHED_PARAMETERS} == published
+        assert PreprocessSpec.from_json(params[PARAM_PREPROCESSING]) == encoder.preprocessing
+    assert _params(preprocess_cfg)[PARAM_MAX_IMAGE_PIXELS] == str(DEFAULT_MAX_IMAGE_PIXELS)
+    assert encoder.source == BUILTIN_SOURCE and not encoder.trained
+
+
+def test_export_errors_are_tritonvision_errors_and_pickle_with_their_fields() -> None:
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99)
+    report = ValidationReport(
+        batch_size=3,
+        output_shape=(3, 8),
+        max_abs_diff=0.5,
+        min_cosine=0.9,
+        tolerance=tolerance,
+        passed=False,
+    )
+    errors: list[ExportError] = [
+        CheckpointError("no config.json", checkpoint=Path("/ckpt")),
+        ExportValidationError("mismatch", problems=["batch 3"], reports=[report]),
+        VerificationError("differs"),
+    ]
+    for err in errors:
+        assert isinstance(err, TritonVisionError)
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err)
+        assert (str(again), again.__dict__) == (str(err), err.__dict__)
+    checkpoint_error = errors[0]
+    assert isinstance(checkpoint_error, ValueError)
+    assert checkpoint_error.source == Path("/ckpt")
+
+
+def test_export_modules_depend_on_each_other_one_way() -> None:
+    # Every relative import counts, inside functions and under TYPE_CHECKING too: a cycle
+    # there still means a type lives in the wrong module.
+    graph: dict[str, set[str]] = {}
+    for path in Path(tritonvision.export.__file__).parent.glob("_*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        }
+    assert graph["_reports"] == set()
+    assert graph["_errors"] == {"_reports"}
+    list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
 
 
 def test_importing_export_does_not_import_torch() -> None:
