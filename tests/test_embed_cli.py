@@ -28,7 +28,15 @@ from PIL import Image
 
 from tritonvision.cli import main
 from tritonvision.client import VisionClient
-from tritonvision.client._embed_job import OutputPaths, UsageError, expand_inputs
+from tritonvision.embed import (
+    Failure,
+    InputItem,
+    OutputPaths,
+    UsageError,
+    WorkDir,
+    assemble_outputs,
+    expand_inputs,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,6 +174,63 @@ def test_expand_inputs_rejects_inputs_that_match_nothing(
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match=message):
         expand_inputs(args)
+
+
+# ------------------------------------------------------- work dir and assembly (unit)
+
+
+def test_work_dir_is_one_writer_at_a_time_and_keeps_its_model(tmp_path: Path) -> None:
+    parts = tmp_path / "emb.parts"
+    work = WorkDir.open(parts, model="enc", embedding_dim=4, server="http://127.0.0.1:1")
+    try:
+        with pytest.raises(UsageError, match="another 'tritonvision embed'") as info:
+            WorkDir.open(parts, model="enc", embedding_dim=4, server="http://127.0.0.1:1")
+        assert str(parts) in str(info.value)
+    finally:
+        work.close()
+    with pytest.raises(UsageError, match="with model 'enc', not 'other'"):
+        WorkDir.open(parts, model="other", embedding_dim=4, server="http://127.0.0.1:1")
+    with pytest.raises(UsageError, match="4-dim embeddings"):
+        WorkDir.open(parts, model="enc", embedding_dim=8, server="http://127.0.0.1:1")
+    # --restart discards the saved progress instead.
+    WorkDir.open(parts, model="other", embedding_dim=8, server="x", restart=True).close()
+
+
+def test_committed_chunks_survive_a_reopen_and_assemble_in_input_order(tmp_path: Path) -> None:
+    items = [InputItem(f"/in/{name}.png", is_url=False) for name in "abcd"]
+    paths = OutputPaths.from_option(str(tmp_path / "emb.npy"))
+    rows = {item.key: np.full(3, float(i), dtype=np.float32) for i, item in enumerate(items)}
+    work = WorkDir.open(paths.parts, model="enc", embedding_dim=3, server="s")
+    work.write_chunk(
+        [items[2].key, items[0].key], np.stack([rows[items[2].key], rows[items[0].key]])
+    )
+    work.close()
+
+    work = WorkDir.open(paths.parts, model="enc", embedding_dim=3, server="s")
+    assert work.done_keys == {items[0].key, items[2].key}
+    # A repeat of a key in a later chunk never overrides the first copy.
+    work.write_chunk(
+        [items[3].key, items[0].key], np.stack([rows[items[3].key], np.full(3, 99.0, np.float32)])
+    )
+    failure = Failure(items[1].key, "DecodeError", "not an image")
+    assembled = assemble_outputs(
+        items,
+        work,
+        paths,
+        failures={items[1].key: failure},
+        embedding_dim=3,
+        parquet=False,
+        model="enc",
+    )
+    work.close()
+    assert (assembled.rows, assembled.dim) == (3, 3)
+    np.testing.assert_array_equal(
+        np.load(paths.npy), np.stack([rows[items[i].key] for i in (0, 2, 3)])
+    )
+    assert [r["source"] for r in read_jsonl(paths.sources)] == [items[i].key for i in (0, 2, 3)]
+    assert read_jsonl(paths.errors) == [
+        {"source": items[1].key, "error_type": "DecodeError", "message": "not an image"}
+    ]
 
 
 # ------------------------------------------------------------------------ end to end
@@ -485,3 +550,20 @@ def test_unreachable_server_or_unknown_model_exits_2_before_writing(
     assert run_cli(*args, "-o", str(out)) == 2
     assert "no_such_model" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [tmp_path / "in"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("form", ["host:port", "grpc"])
+def test_server_as_bare_host_port_or_grpc_url_embeds_the_same_vectors(
+    tmp_path: Path, triton: Any, form: str
+) -> None:
+    for i in range(3):
+        write_image(tmp_path / "in" / f"{i}.png", 40 + i)
+    # One --server rule for every command: a bare HOST:PORT means http://HOST:PORT.
+    server = triton.http_url.removeprefix("http://") if form == "host:port" else triton.grpc_url
+    assert "://" not in server or form == "grpc"
+    out = tmp_path / "out.npy"
+    args = [str(tmp_path / "in"), "--server", server, "--model", triton.model, "-qq"]
+    assert run_cli(*args, "--no-parquet", "-o", str(out)) == 0
+    expected = client_vectors(triton, sorted((tmp_path / "in").iterdir()))
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)

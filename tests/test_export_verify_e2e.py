@@ -1,4 +1,7 @@
-"""``verify_server`` against the real tritonserver of the session (tests/conftest.py)."""
+"""``verify_server`` and ``tritonvision verify`` against the session's real tritonserver.
+
+The server is the one of tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tritonvision.cli import main
 from tritonvision.export import VerificationError, builtin_encoder, verify_server
 
 pytestmark = pytest.mark.e2e
@@ -44,3 +48,13 @@ def test_verify_server_refuses_a_different_reference(triton: Any) -> None:
     )
     with pytest.raises(VerificationError, match=r"tritonvision\.embedding_dim"):
         verify_server(triton.http_url, name=triton.model, encoder=builtin_encoder(config))
+
+
+@pytest.mark.parametrize("form", ["url", "host:port"])
+def test_verify_command_takes_a_url_or_bare_host_port_and_names_a_missing_model(
+    triton: Any, form: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = triton.http_url if form == "url" else triton.http_url.removeprefix("http://")
+    assert main(["verify", "--server", server, "--name", "no_such_model"]) == 1
+    err = capsys.readouterr().err
+    assert "verify FAILED" in err and "'no_such_model' is not ready" in err

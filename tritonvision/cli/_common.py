@@ -11,6 +11,9 @@ Exit codes (all commands)::
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -20,11 +23,13 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SIGNAL_BASE",
     "EXIT_USAGE",
+    "SERVER_SCHEMES",
     "SubParsers",
     "add_server_argument",
     "normalize_server_url",
     "positive_float",
     "positive_int",
+    "usage_error",
 ]
 
 EXIT_OK = 0
@@ -35,9 +40,14 @@ EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + 2  # SIGINT
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
-_SCHEMES = ("http", "https", "grpc", "grpcs")
+SERVER_SCHEMES: tuple[str, ...] = ("http", "https", "grpc", "grpcs")
+"""The URL schemes ``--server`` takes (a command may take fewer)."""
 
-SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
+# What ``register(subparsers)`` receives; argparse's class is generic only to type checkers.
+if TYPE_CHECKING:
+    SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction
 
 
 def normalize_server_url(text: str) -> str:
@@ -54,9 +64,9 @@ def normalize_server_url(text: str) -> str:
     if "://" not in value:
         value = "http://" + value
     parts = urlsplit(value)
-    if parts.scheme.lower() not in _SCHEMES:
+    if parts.scheme.lower() not in SERVER_SCHEMES:
         raise ValueError(
-            f"server URL {text!r}: scheme must be one of {', '.join(_SCHEMES)} "
+            f"server URL {text!r}: scheme must be one of {', '.join(SERVER_SCHEMES)} "
             "(or give a bare host:port for HTTP)"
         )
     if not parts.hostname:
@@ -68,27 +78,56 @@ def normalize_server_url(text: str) -> str:
     return value.rstrip("/")
 
 
-def _server_url_type(text: str) -> str:
-    try:
-        return normalize_server_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _server_url_type(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            url = normalize_server_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in schemes:
+            raise argparse.ArgumentTypeError(
+                f"server URL {text!r}: this command takes {' or '.join(f'{s}://' for s in schemes)}"
+                " URLs only"
+            )
+        return url
+
+    return parse
 
 
 def add_server_argument(
-    parser: argparse.ArgumentParser, *, default: str | None = DEFAULT_SERVER
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = DEFAULT_SERVER,
+    schemes: tuple[str, ...] = SERVER_SCHEMES,
 ) -> None:
-    """``--server URL``: Triton's HTTP or gRPC URL; a bare host:port means http://host:port."""
+    """``--server URL``: Triton's HTTP or gRPC URL; a bare host:port means http://host:port.
+
+    The value is normalised by :func:`normalize_server_url`; ``schemes`` narrows the
+    schemes a command can use (``verify`` talks HTTP only), refused at parse time.
+    """
+    unknown = set(schemes) - set(SERVER_SCHEMES)
+    if not schemes or unknown:
+        raise ValueError(f"schemes must be some of {SERVER_SCHEMES}, got {schemes!r}")
+    if schemes == SERVER_SCHEMES:
+        shape = "http://HOST:PORT or grpc://HOST:PORT"
+    else:
+        shape = " or ".join(f"{s}://HOST:PORT" for s in schemes)
+    if "http" in schemes:
+        shape += "; a bare HOST:PORT means http://HOST:PORT"
     parser.add_argument(
         "--server",
-        type=_server_url_type,
+        type=_server_url_type(schemes),
         default=default,
         metavar="URL",
-        help=(
-            "Triton URL: http://HOST:PORT or grpc://HOST:PORT; a bare HOST:PORT means "
-            "http://HOST:PORT" + (" (default %(default)s)" if default else "")
-        ),
+        help=f"Triton URL: {shape}" + (" (default %(default)s)" if default else ""),
     )
+
+
+def usage_error(command: str, message: str) -> int:
+    """Print ``tritonvision COMMAND: error: MESSAGE`` to stderr; returns :data:`EXIT_USAGE`."""
+    print(f"tritonvision {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def positive_int(text: str) -> int:

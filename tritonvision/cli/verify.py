@@ -1,7 +1,64 @@
-"""``tritonvision verify`` (TEMPORARY shim during the restructure; replaced by the real module)."""
+"""``tritonvision verify``: a thin face over :func:`tritonvision.export.verify_server`.
+
+Exit codes (:mod:`._common`): 0 the served encoder agrees with PyTorch; 1 it does not,
+or the model could not be checked (not ready, unreachable); 2 bad options or checkpoint.
+"""
 
 from __future__ import annotations
 
-from tritonvision.export._cli import add_verify_parser as register
+import argparse
+import sys
+from pathlib import Path
+
+from tritonvision.contract import DEFAULT_MODEL
+
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers, add_server_argument
+from .export import UNTRAINED_WARNING
 
 __all__ = ["register"]
+
+# verify_server talks to Triton through tritonclient.http, without TLS.
+_SCHEMES = ("http",)
+
+
+def register(subparsers: SubParsers) -> argparse.ArgumentParser:
+    """Add ``verify`` to the ``tritonvision`` subcommands."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "verify",
+        help="compare a live Triton encoder with PyTorch on sample images",
+        description=(
+            "Embed sample images through a running Triton (HTTP) and through PyTorch on the "
+            "same pixels; exit 1 if they differ beyond the encoder family's tolerance."
+        ),
+    )
+    add_server_argument(parser, schemes=_SCHEMES)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint the model was exported from (default: the built-in default)",
+    )
+    parser.add_argument("--name", default=DEFAULT_MODEL, help="encoder model name (%(default)s)")
+    parser.set_defaults(func=run_verify)
+    return parser
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """The ``verify`` handler; returns the exit code (see the module docstring)."""
+    from tritonvision.export import CheckpointError, VerificationError, verify_server
+
+    try:
+        report = verify_server(args.server, checkpoint=args.checkpoint, name=args.name)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except VerificationError as exc:
+        print(f"verify FAILED: {exc}", file=sys.stderr)
+        if exc.report is not None:
+            for image, cosine in zip(exc.report.images, exc.report.cosines, strict=True):
+                print(f"  {image}: cosine {cosine:.7f}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.describe())
+    print(f"served source: {report.served_source}; reference: {report.reference_source}")
+    if report.reference_source.startswith("builtin:"):
+        print(UNTRAINED_WARNING)
+    return EXIT_OK
