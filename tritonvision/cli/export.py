@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tritonvision.contract import DEFAULT_MODEL
+from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MODEL
 from tritonvision.export import (
     DEFAULT_INSTANCES,
     DEFAULT_MAX_BATCH_SIZE,
@@ -24,7 +24,7 @@ from tritonvision.export import (
     ExportOptions,
 )
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers, positive_int
 
 if TYPE_CHECKING:
     from tritonvision.export import ExportResult
@@ -101,6 +101,14 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="requests queued before Triton rejects more (default %(default)s)",
     )
     parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="NAME_preprocess refuses images that declare more pixels (decompression bombs; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
         "--no-tensorrt",
         dest="tensorrt",
         action="store_false",
@@ -131,6 +139,7 @@ def _options_from(args: argparse.Namespace) -> ExportOptions:
         preprocess_instances=args.preprocess_instances,
         max_queue_size=args.max_queue_size,
         tensorrt=args.tensorrt,
+        max_image_pixels=args.max_image_pixels,
     )
 
 
