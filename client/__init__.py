@@ -27,7 +27,8 @@ Async use::
     async with AsyncVisionClient("grpc://localhost:8001") as client:
         vector = await client.embed_image_url("https://example.com/cat.jpg")
 
-Errors derive from :class:`TritonVisionError` (tree in ``tritonvision.client._errors``).
+Errors derive from :class:`TritonVisionError` (the tree is drawn in ``tritonvision.errors``);
+settings and their defaults are the fields of :class:`ClientConfig`.
 """
 
 from __future__ import annotations
@@ -55,44 +56,16 @@ from tritonvision.errors import (
     TritonVisionError,
 )
 
-from ._async_client import PREPROCESSING_PARAMETER, AsyncVisionClient, ClientState, ModelInfo
-from ._config import (
-    DEFAULT_BACKOFF_BASE_S,
-    DEFAULT_BACKOFF_MAX_S,
-    DEFAULT_CONNECT_TIMEOUT_S,
-    DEFAULT_DECODE_WORKERS,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_MAX_INLINE_BYTES,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MODEL,
-    DEFAULT_PACK_BATCH_SIZE,
-    DEFAULT_REQUEST_TIMEOUT_S,
-    DEFAULT_RETRY_BUDGET_S,
-    ClientConfig,
-)
+from ._async_client import AsyncVisionClient, ClientState
+from ._config import ClientConfig
 from ._fetch import FetchConfig
+from ._model_info import ModelInfo
 from ._results import BatchEmbedding
 from ._sources import ImageSource
 from ._stats import ClientStats
 from ._sync_client import PendingBatchEmbedding, PendingEmbedding, PendingModelInfo, VisionClient
 
 __all__ = [
-    "DEFAULT_BACKOFF_BASE_S",
-    "DEFAULT_BACKOFF_MAX_S",
-    "DEFAULT_CONNECT_TIMEOUT_S",
-    "DEFAULT_DECODE_WORKERS",
-    "DEFAULT_MAX_IMAGE_PIXELS",
-    "DEFAULT_MAX_INLINE_BYTES",
-    "DEFAULT_MAX_IN_FLIGHT",
-    "DEFAULT_MAX_REQUEST_BYTES",
-    "DEFAULT_MAX_RETRIES",
-    "DEFAULT_MODEL",
-    "DEFAULT_PACK_BATCH_SIZE",
-    "DEFAULT_REQUEST_TIMEOUT_S",
-    "DEFAULT_RETRY_BUDGET_S",
-    "PREPROCESSING_PARAMETER",
     "AsyncVisionClient",
     "BatchEmbedding",
     "BatchError",

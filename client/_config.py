@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS
+
+# Re-exported for callers that still import it from here; its home is the contract.
+from tritonvision.contract import DEFAULT_MODEL as DEFAULT_MODEL
 from tritonvision.errors import InvalidInput
 
 from ._fetch import FetchConfig
@@ -24,8 +27,6 @@ __all__ = [
     "DEFAULT_BACKOFF_MAX_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_DECODE_WORKERS",
-    "DEFAULT_MAX_IMAGE_PIXELS",
-    "DEFAULT_MAX_INLINE_BYTES",
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MAX_RETRIES",
@@ -37,7 +38,6 @@ __all__ = [
     "ClientConfig",
 ]
 
-DEFAULT_MODEL = "vision_encoder"
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_MAX_IN_FLIGHT = 32

@@ -57,7 +57,7 @@ from tritonvision.errors import (
 
 __all__ = [
     "DEFAULT_ALLOWED_SCHEMES",
-    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_FETCH_CONNECT_TIMEOUT_S",
     "DEFAULT_MAX_FETCH_BYTES",
     "DEFAULT_MAX_REDIRECTS",
     "DEFAULT_READ_TIMEOUT_S",
@@ -70,7 +70,7 @@ __all__ = [
     "make_policy_resolver",
 ]
 
-DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_FETCH_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 15.0
 DEFAULT_TOTAL_TIMEOUT_S = 30.0
 DEFAULT_MAX_FETCH_BYTES = 32 * 1024 * 1024
@@ -107,7 +107,7 @@ class FetchConfig:
         check_content_type: refuse a declared ``Content-Type`` that is not an image.
     """
 
-    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_FETCH_CONNECT_TIMEOUT_S
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     total_timeout_s: float = DEFAULT_TOTAL_TIMEOUT_S
     max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES

@@ -7,7 +7,9 @@ network.
 
 The HTTP body uses Triton's binary tensor extension: a JSON header followed by the raw
 tensor bytes, the header's length sent as ``Inference-Header-Content-Length``. Pixels
-and embeddings never travel as JSON numbers.
+and embeddings never travel as JSON numbers. BYTES tensors use tritonclient's own
+(de)serialisation; the body builder is ours because it sends a numeric tensor's buffer
+with one copy where tritonclient makes several (measured: docs/DESIGN.md, "Protocol").
 
 Server errors are classified in exactly one place, :func:`classify_server_error`, for
 both transports: HTTP statuses come straight from the response, gRPC status codes are
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from tritonvision.errors import (
     ProtocolError,
@@ -48,7 +51,6 @@ __all__ = [
     "classify_server_error",
     "config_path",
     "datatype_of",
-    "deserialize_bytes_tensor",
     "dtype_of",
     "error_from_grpc",
     "error_from_http",
@@ -56,7 +58,6 @@ __all__ = [
     "infer_path",
     "parse_infer_response",
     "parse_model_config",
-    "serialize_bytes_tensor",
 ]
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
@@ -78,7 +79,6 @@ _NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _MAX_ERROR_TEXT = 2000
-_LEN_PREFIX = struct.Struct("<I")
 
 # gRPC status names (``grpc.StatusCode.X.name``) -> the HTTP status Triton uses for them.
 GRPC_TO_HTTP_STATUS: Mapping[str, int] = {
@@ -144,44 +144,20 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
 # ----------------------------------------------------------------------- BYTES tensors
 
 
-def serialize_bytes_tensor(array: npt.NDArray[Any]) -> bytes:
-    """Flatten a BYTES tensor row-major into 4-byte-little-endian-length-prefixed items."""
-    parts: list[bytes] = []
-    for item in array.reshape(-1).tolist():
-        if isinstance(item, str):
-            raw = item.encode("utf-8")
-        elif isinstance(item, bytes | bytearray | memoryview):
-            raw = bytes(item)
-        else:
-            raise TypeError(f"BYTES tensor items must be bytes or str, not {type(item).__name__}")
-        parts.append(_LEN_PREFIX.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
+def _bytes_items(buffer: bytes | memoryview, count: int, name: str) -> npt.NDArray[np.object_]:
+    """Exactly ``count`` BYTES items spanning ``buffer`` (tritonclient's wire format).
 
-
-def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> npt.NDArray[np.object_]:
-    """Inverse of :func:`serialize_bytes_tensor`: exactly ``count`` items spanning ``buffer``.
-
-    Raises :class:`ValueError` if the buffer is truncated, has trailing bytes or lies
-    about an item's length.
+    Raises :class:`ValueError` if the buffer is truncated or holds another number of items.
     """
-    view = memoryview(buffer).cast("B")
-    items: list[bytes] = []
-    offset = 0
-    for _ in range(count):
-        if offset + 4 > len(view):
-            raise ValueError("BYTES tensor truncated inside a length prefix")
-        (length,) = _LEN_PREFIX.unpack_from(view, offset)
-        offset += 4
-        if offset + length > len(view):
-            raise ValueError("BYTES tensor item runs past the end of its buffer")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if offset != len(view):
-        raise ValueError(f"BYTES tensor has {len(view) - offset} trailing bytes")
-    out = np.empty(count, dtype=np.object_)
-    out[:] = items
-    return out
+    try:
+        items: npt.NDArray[np.object_] = deserialize_bytes_tensor(buffer)
+    except struct.error as exc:  # a length prefix running past the end of the buffer
+        raise ValueError(f"output {name!r}: BYTES tensor is truncated ({exc})") from None
+    if len(items) != count:
+        raise ValueError(
+            f"output {name!r}: BYTES tensor holds {len(items)} items, its shape says {count}"
+        )
+    return items
 
 
 # ----------------------------------------------------------------------------- requests
@@ -208,7 +184,8 @@ class InputTensor:
     def raw(self) -> bytes | memoryview:
         """The tensor's wire bytes (little-endian, row-major), without a needless copy."""
         if self.datatype == _BYTES:
-            return serialize_bytes_tensor(self.array)
+            packed = serialize_byte_tensor(np.asarray(self.array, dtype=np.object_))
+            return bytes(packed.item()) if packed.size else b""
         dtype = dtype_of(self.datatype)
         array = np.ascontiguousarray(self.array, dtype=dtype)
         return array.data.cast("B")
@@ -368,7 +345,7 @@ def _parse_infer_response(body: bytes, header_length: int | None) -> InferRespon
             chunk = binary[offset : offset + size]
             offset += size
             if datatype == _BYTES:
-                array = deserialize_bytes_tensor(chunk, count).reshape(shape)
+                array = _bytes_items(chunk, count, name).reshape(shape)
             else:
                 if size != count * dtype.itemsize:
                     raise ValueError(

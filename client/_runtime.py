@@ -143,11 +143,6 @@ class SharedRuntime:
         """True once :meth:`stop` was called."""
         return self._state.stopping
 
-    def in_loop_thread(self) -> bool:
-        """True when called on the runtime's own loop thread."""
-        thread = self._state.thread
-        return thread is not None and threading.get_ident() == thread.ident
-
     # --------------------------------------------------------------------- lifecycle
 
     def start(self) -> asyncio.AbstractEventLoop:

@@ -294,7 +294,7 @@ def _decode_data_uri_source(uri: str, max_bytes: int) -> bytes:
     return _decode_data_uri(uri, max_bytes=max_bytes)
 
 
-# Below this, decoding on the loop is cheaper than a hop to a thread (~50 us).
+# Below this, decoding on the loop is cheaper than a hop to a thread.
 _INLINE_DECODE_CHARS = 64 * 1024
 
 

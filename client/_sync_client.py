@@ -21,17 +21,18 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from tritonvision.contract import PreprocessSpec
+from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec
 from tritonvision.errors import ClientClosed
 
-from ._async_client import AsyncVisionClient, ModelInfo
-from ._config import DEFAULT_MODEL, ClientConfig
+from ._async_client import AsyncVisionClient
+from ._config import ClientConfig
+from ._model_info import ModelInfo
 from ._results import BatchEmbedding
 from ._runtime import RuntimeFuture, SharedRuntime
 from ._sources import ImageSource
 from ._stats import ClientStats
 
-__all__ = ["PendingBatchEmbedding", "PendingEmbedding", "VisionClient"]
+__all__ = ["PendingBatchEmbedding", "PendingEmbedding", "PendingModelInfo", "VisionClient"]
 
 T = TypeVar("T")
 FutureT = TypeVar("FutureT", bound=RuntimeFuture[Any])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import dataclasses
 import gc
 import io
 import json
@@ -46,6 +47,8 @@ from tritonvision.client import (
     ServerUnavailable,
     VisionClient,
 )
+from tritonvision.client._imaging import prepare_pixels
+from tritonvision.contract import PARAM_PREPROCESSING
 
 pytestmark = pytest.mark.e2e
 
@@ -262,12 +265,20 @@ async def test_the_images_ensemble_is_refused_with_a_model_config_error(
 async def test_explicit_preprocessing_overrides_the_published_spec(
     url: str, triton: Any, images: dict[str, bytes]
 ) -> None:
+    image = images["photo.jpg"]
     async with AsyncVisionClient(url, triton.model) as client:
         published = (await client.model_info()).preprocessing
-        reference = await client.embed_image_bytes(images["img0.png"])
-    spec = PreprocessSpec.from_json(published.to_json())
+        reference = await client.embed_image_bytes(image)
+        # Another filter, same size: the encoder takes it, but the pixels differ.
+        other = "nearest" if published.resample != "nearest" else "bilinear"
+        spec = dataclasses.replace(published, resample=other)
+        # The override's pixels, sent as they are: what the overriding client must send.
+        expected = await client.embed(prepare_pixels(image, spec))
     async with AsyncVisionClient(url, triton.model, preprocessing=spec) as client:
-        np.testing.assert_allclose(await client.embed_image_bytes(images["img0.png"]), reference)
+        assert (await client.model_info()).preprocessing == spec
+        embedded = await client.embed_image_bytes(image)
+    np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(embedded, reference, atol=1e-4), "the override was ignored"
 
 
 async def test_unknown_model_is_a_server_error(url: str, images: dict[str, bytes]) -> None:
@@ -581,7 +592,7 @@ class ScriptedTriton(LocalServer):
                 "max_batch_size": self.max_batch,
                 "input": [{"name": "pixels", "data_type": "TYPE_UINT8", "dims": [8, 8, 3]}],
                 "output": [{"name": "embeddings", "data_type": "TYPE_FP32", "dims": [3]}],
-                "parameters": {"tritonvision.preprocessing": {"string_value": self.spec.to_json()}}
+                "parameters": {PARAM_PREPROCESSING: {"string_value": self.spec.to_json()}}
                 if self.publish
                 else {},
             }

@@ -33,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tritonclient.utils import serialize_byte_tensor
 
 from tritonvision.client import PreprocessSpec, TritonVisionError
 from tritonvision.client._imaging import decode_image, load_image_pixels
@@ -44,7 +45,6 @@ from tritonvision.client._protocol import (
     error_message_from_body,
     parse_infer_response,
     parse_model_config,
-    serialize_bytes_tensor,
 )
 from tritonvision.client._sources import _decode_base64, _decode_data_uri
 
@@ -271,7 +271,7 @@ def responses(draw: st.DrawFn) -> tuple[bytes, int | None]:
 def _valid_response(rows: int = 2, dim: int = 16) -> tuple[bytes, int]:
     emb = np.arange(rows * dim, dtype=np.float32).reshape(rows, dim)
     names = np.array([b"a", b"bc"], dtype=np.object_)
-    raw_names = serialize_bytes_tensor(names)
+    raw_names = serialize_byte_tensor(names).item()
     header = {
         "model_name": "m",
         "outputs": [

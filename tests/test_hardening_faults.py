@@ -44,6 +44,7 @@ from tritonvision.client import (
     VisionClient,
 )
 from tritonvision.client._imaging import load_image_pixels
+from tritonvision.contract import PARAM_PREPROCESSING
 from tritonvision.serve._server import stub_shm_regions
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -51,7 +52,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 ENCODER = "tiny_clip"
 QUEUE1 = "slow_queue1"  # 50 ms per execute, one request at a time, queue of 1
 SLOW = "slow_encoder"  # 150 ms per execute, unbounded queue
-SPEC_PARAMETER = "tritonvision.preprocessing"
+SPEC_PARAMETER = PARAM_PREPROCESSING
 
 
 # --------------------------------------------------------------------------- servers
@@ -546,13 +547,10 @@ def _run_cli(args: list[str], env: dict[str, str], timeout_s: float = 180) -> An
 def test_embed_cli_killed_server_then_rerun_matches_a_clean_run(
     encoder_repo: Path, tmp_path: Path
 ) -> None:
-    import importlib.util
     import json
     import subprocess
     import sys
 
-    if importlib.util.find_spec("tritonvision.client._cli") is None:
-        pytest.skip("tritonvision embed is not there yet")
     images = tmp_path / "images"
     images.mkdir()
     count = 400

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import serialize_byte_tensor
 
 from tritonvision.client import BatchEmbedding, BatchError, ClientConfig
 from tritonvision.client._config import DEFAULT_REQUEST_TIMEOUT_S
@@ -22,14 +23,12 @@ from tritonvision.client._protocol import (
     classify_server_error,
     config_path,
     datatype_of,
-    deserialize_bytes_tensor,
     error_from_grpc,
     error_from_http,
     error_message_from_body,
     infer_path,
     parse_infer_response,
     parse_model_config,
-    serialize_bytes_tensor,
 )
 from tritonvision.errors import (
     DecodeError,
@@ -111,19 +110,29 @@ def test_build_request_converts_non_contiguous_arrays() -> None:
     assert np.array_equal(np.frombuffer(binary, np.float32).reshape(4, 3), arr)
 
 
-def test_bytes_tensor_round_trips() -> None:
+def test_bytes_tensor_sent_in_a_request_parses_back_from_a_response() -> None:
     items = np.array([b"a", b"", b"\x00\xff" * 10, "text"], dtype=np.object_)
-    out = deserialize_bytes_tensor(serialize_bytes_tensor(items), 4)
+    req = build_infer_request([InputTensor("names", items)], ["names"])
+    _, binary = _split_request(req.body, req.header_length)
+    body, hl = _binary_response([("names", "BYTES", [4], binary)])
+    out = parse_infer_response(body, header_length=hl).output("names")
     assert out.tolist() == [b"a", b"", b"\x00\xff" * 10, b"text"]
 
 
 @pytest.mark.parametrize(
     "raw",
-    [struct.pack("<I", 5) + b"abc", struct.pack("<I", 1) + b"a" + b"x", b"\x01\x00"],
+    [
+        struct.pack("<I", 5) + b"abc",
+        struct.pack("<I", 1) + b"a" + b"x",
+        struct.pack("<I", 1) + b"a" + struct.pack("<I", 0),
+        b"\x01\x00",
+        b"",
+    ],
 )
-def test_bytes_tensor_rejects_truncated_or_trailing_data(raw: bytes) -> None:
-    with pytest.raises(ValueError):
-        deserialize_bytes_tensor(raw, 1)
+def test_bytes_output_truncated_or_with_extra_items_is_a_protocol_error(raw: bytes) -> None:
+    body, hl = _binary_response([("names", "BYTES", [1], raw)])
+    with pytest.raises(ProtocolError, match="names"):
+        parse_infer_response(body, header_length=hl)
 
 
 def test_datatype_of_maps_numpy_dtypes() -> None:
@@ -155,7 +164,7 @@ def test_parse_binary_fp32_response() -> None:
 
 def test_parse_binary_response_with_two_outputs_in_order() -> None:
     a = np.arange(4, dtype=np.int64)
-    b = serialize_bytes_tensor(np.array([b"hi", b"there"], dtype=np.object_))
+    b = serialize_byte_tensor(np.array([b"hi", b"there"], dtype=np.object_)).item()
     body, hl = _binary_response([("a", "INT64", [4], a.tobytes()), ("b", "BYTES", [2], b)])
     resp = parse_infer_response(body, header_length=hl)
     assert resp.output("a").tolist() == [0, 1, 2, 3]
@@ -248,12 +257,13 @@ def test_fuzzed_responses_raise_only_protocol_error(body: bytes, hl: int | None)
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64), st.integers(0, 8))
-def test_fuzzed_bytes_tensors_raise_value_error_only(raw: bytes, count: int) -> None:
+def test_fuzzed_bytes_outputs_raise_only_protocol_error(raw: bytes, count: int) -> None:
+    body, hl = _binary_response([("names", "BYTES", [count], raw)])
     try:
-        out = deserialize_bytes_tensor(raw, count)
-    except ValueError:
+        out = parse_infer_response(body, header_length=hl).output("names")
+    except ProtocolError:
         return
-    assert len(out) == count
+    assert out.shape == (count,) and all(isinstance(item, bytes) for item in out.tolist())
 
 
 # -------------------------------------------------------------------------------- errors

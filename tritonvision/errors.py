@@ -62,7 +62,9 @@ __all__ = [
 _MAX_SOURCE_REPR = 96
 
 # ``scheme://user:password@`` (up to the last "@" before the path): the userinfo part.
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
+# The scheme's length is bounded so that a long run of letters (an error quoting a body)
+# costs linear time, not quadratic; a longer scheme still matches through its last 32 chars.
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31}://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
 
 
 def redact_credentials(text: str) -> str:

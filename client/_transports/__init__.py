@@ -5,32 +5,13 @@
 ``tritonclient.grpc.aio`` client (one channel). Both are opened lazily, on the client's
 loop, inside a coroutine, and registered on the client's ``AsyncExitStack``.
 
-:func:`translate_errors` is the one place where aiohttp, asyncio and gRPC exceptions
-become the client's typed errors.
+The interface and the shared error translation live in ``_base``; this package only
+re-exports them and picks a transport for a URL.
 """
 
 from __future__ import annotations
 
-import abc
-import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
-
-import aiohttp
-import numpy.typing as npt
-
-from tritonvision.errors import (
-    InvalidInput,
-    RequestTimeout,
-    ServerError,
-    ServerUnavailable,
-    TritonVisionError,
-)
-
-from .._protocol import InputTensor, ModelConfig, classify_server_error, error_from_grpc
+from ._base import InferOutcome, Transport, parse_server_url, translate_errors
 
 __all__ = [
     "InferOutcome",
@@ -41,62 +22,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class InferOutcome:
-    """What one inference request returned, and what it cost on the wire."""
-
-    outputs: Mapping[str, npt.NDArray[Any]]
-    bytes_sent: int
-
-
-class Transport(abc.ABC):
-    """How the client talks to Triton. Implementations hold no per-call state."""
-
-    scheme: str
-    host: str
-    # ``host:port`` the client's HTTP session must reach although it is usually a private
-    # address (the URL policy exempts it); None when Triton is not reached over that session.
-    session_endpoint: str | None
-
-    @abc.abstractmethod
-    async def open(self, stack: AsyncExitStack, session: aiohttp.ClientSession) -> None:
-        """Create loop-bound resources on the running loop; register their cleanup."""
-
-    @abc.abstractmethod
-    async def model_config(self, model: str, version: str, *, timeout_s: float) -> ModelConfig:
-        """The model's configuration as Triton reports it."""
-
-    @abc.abstractmethod
-    async def infer(
-        self,
-        model: str,
-        version: str,
-        inputs: Sequence[InputTensor],
-        outputs: Sequence[str],
-        *,
-        timeout_s: float,
-    ) -> InferOutcome:
-        """Run one inference request (``timeout_s`` also goes to Triton as ``timeout``)."""
-
-
-def parse_server_url(url: str) -> tuple[str, str, int]:
-    """``(scheme, host, port)`` of a Triton URL; raises :class:`InvalidInput` if unusable."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https", "grpc", "grpcs"):
-        raise InvalidInput(
-            f"Triton URL must start with http://, https:// or grpc://, got {url!r}", source=url
-        )
-    try:
-        port = parts.port
-    except ValueError:
-        raise InvalidInput(f"Triton URL has an invalid port: {url!r}", source=url) from None
-    if not parts.hostname:
-        raise InvalidInput(f"Triton URL has no host: {url!r}", source=url)
-    default_port = {"http": 8000, "https": 443, "grpc": 8001, "grpcs": 443}[scheme]
-    return scheme, parts.hostname, port or default_port
-
-
 def make_transport(url: str, *, connect_timeout_s: float) -> Transport:
     """The transport for a Triton URL (scheme picks HTTP/REST or gRPC)."""
     scheme, host, port = parse_server_url(url)
@@ -104,64 +29,7 @@ def make_transport(url: str, *, connect_timeout_s: float) -> Transport:
         from ._http import HttpTransport
 
         return HttpTransport(url, connect_timeout_s=connect_timeout_s)
+    # Imported here: only gRPC mode needs it (it is the one module touching grpc errors).
     from ._grpc import GrpcTransport
 
     return GrpcTransport(host, port, ssl=scheme == "grpcs")
-
-
-@contextmanager
-def translate_errors(*, model: str | None = None, source: object = None) -> Iterator[None]:
-    """Turn aiohttp / asyncio / gRPC failures of a Triton call into typed errors.
-
-    Always ``raise ... from exc``; our own errors and ``asyncio.CancelledError``
-    (a ``BaseException``) pass through untouched.
-    """
-    where = f" (model {model!r})" if model else ""
-    try:
-        yield
-    except TritonVisionError:
-        raise
-    except aiohttp.ClientResponseError as exc:
-        raise classify_server_error(exc.status, exc.message, model=model, source=source) from exc
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise ServerUnavailable(
-            f"connecting to Triton timed out{where}: {exc}", source=source
-        ) from exc
-    except TimeoutError as exc:  # aiohttp's read/total timeouts, asyncio.timeout
-        raise RequestTimeout(
-            f"Triton did not answer within the request timeout{where}", source=source
-        ) from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
-        raise ServerUnavailable(f"cannot reach Triton{where}: {exc!r}", source=source) from exc
-    except aiohttp.InvalidURL as exc:
-        raise InvalidInput(f"invalid Triton URL: {exc}", source=source) from exc
-    except aiohttp.ClientError as exc:
-        raise ServerError(
-            f"unusable answer from Triton{where}: {exc!r}", status=0, model=model, source=source
-        ) from exc
-    except OSError as exc:
-        raise ServerUnavailable(f"cannot reach Triton{where}: {exc!r}", source=source) from exc
-    except Exception as exc:
-        grpc_error = _from_tritonclient(exc, model=model, source=source)
-        if grpc_error is None:
-            raise
-        raise grpc_error from exc
-
-
-def _from_tritonclient(
-    exc: Exception, *, model: str | None, source: object
-) -> TritonVisionError | None:
-    # Checked through sys.modules: tritonclient is imported only by the gRPC transport,
-    # and its exception can only be raised once that import happened.
-    utils = sys.modules.get("tritonclient.utils")
-    if utils is not None and isinstance(exc, utils.InferenceServerException):
-        return error_from_grpc(
-            str(exc.status() or "UNKNOWN"), str(exc.message() or ""), model=model, source=source
-        )
-    grpc = sys.modules.get("grpc")
-    if grpc is not None and isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        name = getattr(code, "name", "UNKNOWN")
-        return error_from_grpc(str(name), str(details or ""), model=model, source=source)
-    return None

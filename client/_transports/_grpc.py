@@ -3,26 +3,65 @@
 The client is created lazily on the running loop inside :meth:`GrpcTransport.open`
 (grpc.aio channels bind the loop they are made on) and closed through the client's
 ``AsyncExitStack``. Cancelling the awaiting task cancels the RPC (grpc.aio does that).
+
+:func:`grpc_errors` maps tritonclient's ``InferenceServerException`` and grpc's
+``RpcError`` to typed errors (through ``_protocol.error_from_grpc``, the one
+classification), then lets :func:`~._base.translate_errors` handle the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
 import aiohttp
 
-from tritonvision.errors import ProtocolError, RuntimeUnavailable
+from tritonvision.errors import ProtocolError, RuntimeUnavailable, TritonVisionError
 
-from .._protocol import InputTensor, ModelConfig, parse_model_config
-from . import InferOutcome, Transport, translate_errors
+from .._protocol import InputTensor, ModelConfig, error_from_grpc, parse_model_config
+from ._base import InferOutcome, Transport, translate_errors
 
-__all__ = ["GrpcTransport"]
+__all__ = ["GrpcTransport", "grpc_errors"]
+
+
+@contextmanager
+def grpc_errors(*, model: str | None = None, source: object = None) -> Iterator[None]:
+    """:func:`translate_errors` for a gRPC call: grpc's and tritonclient's errors too."""
+    with translate_errors(model=model, source=source):
+        try:
+            yield
+        except TritonVisionError:
+            raise
+        except Exception as exc:
+            mapped = _from_grpc_exception(exc, model=model, source=source)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+
+def _from_grpc_exception(
+    exc: Exception, *, model: str | None, source: object
+) -> TritonVisionError | None:
+    # Checked through sys.modules: tritonclient.grpc is imported only once a channel
+    # opens, and its exceptions can only be raised after that import.
+    utils = sys.modules.get("tritonclient.utils")
+    if utils is not None and isinstance(exc, utils.InferenceServerException):
+        return error_from_grpc(
+            str(exc.status() or "UNKNOWN"), str(exc.message() or ""), model=model, source=source
+        )
+    grpc = sys.modules.get("grpc")
+    if grpc is not None and isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        name = getattr(code, "name", "UNKNOWN")
+        return error_from_grpc(str(name), str(details or ""), model=model, source=source)
+    return None
 
 
 class GrpcTransport(Transport):
-    """``ModelInfer`` / ``ModelConfig`` RPCs; errors translated by ``translate_errors``."""
+    """``ModelInfer`` / ``ModelConfig`` RPCs; errors translated by :func:`grpc_errors`."""
 
     def __init__(self, host: str, port: int, *, ssl: bool = False) -> None:
         self.scheme = "grpcs" if ssl else "grpc"
@@ -47,7 +86,7 @@ class GrpcTransport(Transport):
 
     async def model_config(self, model: str, version: str, *, timeout_s: float) -> ModelConfig:
         client = self._need_client()
-        with translate_errors(model=model):
+        with grpc_errors(model=model):
             doc = await client.get_model_config(
                 model, version, as_json=True, client_timeout=timeout_s
             )
@@ -72,7 +111,7 @@ class GrpcTransport(Transport):
             grpc_input.set_data_from_numpy(tensor.array)
             grpc_inputs.append(grpc_input)
             sent += int(tensor.array.nbytes)
-        with translate_errors(model=model):
+        with grpc_errors(model=model):
             result = await client.infer(
                 model,
                 grpc_inputs,

@@ -20,7 +20,7 @@ from .._protocol import (
     parse_infer_response,
     parse_model_config,
 )
-from . import InferOutcome, Transport, parse_server_url, translate_errors
+from ._base import InferOutcome, Transport, parse_server_url, translate_errors
 
 __all__ = ["HttpTransport"]
 

@@ -1,0 +1,193 @@
+"""The batch pipeline: load, decode and infer many images with bounded look-ahead.
+
+One :class:`BatchPipeline` runs one ``batch_embed_images`` call::
+
+    sources ──admit (≤ lookahead)──> prepare tasks ──> ready queue ──dispatch──> send tasks
+                                      (load + decode)                (≤ slots)   (one pack each)
+
+- *admitted*: a semaphore of ``lookahead`` permits, taken before an item is started and
+  given back when it is finished (row or error), so memory stays bounded however long
+  the iterable is;
+- *ready*: prepared pixels wait here; the dispatcher takes a request slot first, then
+  packs whatever is ready (up to ``pack_size``): while Triton is busy, packs fill;
+- *send*: one inference request per pack; a pack Triton refuses as a whole (a 4xx, not
+  overload) is re-sent item by item in the same slot, so only the bad item fails.
+
+Every item ends with a row or an error, in input order. ``prepare`` and ``infer`` are
+plain callables, so the pipeline is tested alone with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from tritonvision.errors import ProtocolError, ServerError, ServerOverloaded
+
+from ._inputs import attach_source
+from ._results import BatchEmbedding
+from ._sources import ImageSource
+from ._stats import StatsRecorder
+
+__all__ = ["BatchPipeline", "pack_size"]
+
+Pixels = npt.NDArray[np.uint8]
+_Item = tuple[int, ImageSource, Pixels]
+
+
+def pack_size(
+    *, pack_batch_size: int, max_batch_size: int, item_bytes: int, max_request_bytes: int
+) -> int:
+    """Images per request: the configured size within the model's batch and the body cap."""
+    # A model without a batch dimension (max_batch_size 0) takes one image per request.
+    size = min(pack_batch_size, max_batch_size or 1)
+    return max(1, min(size, max_request_bytes // max(1, item_bytes)))
+
+
+class BatchPipeline:
+    """One batch: ``prepare`` each source, ``infer`` packs of them, collect rows and errors.
+
+    ``slots`` is the client's semaphore of requests in flight (shared with single calls);
+    ``embedding_dim`` sizes the result when no item succeeds (None: taken from a row).
+    """
+
+    def __init__(
+        self,
+        *,
+        prepare: Callable[[ImageSource], Awaitable[Pixels]],
+        infer: Callable[[Sequence[Pixels]], Awaitable[npt.NDArray[np.float32]]],
+        slots: asyncio.Semaphore,
+        pack_size: int,
+        lookahead: int,
+        embedding_dim: int | None,
+        stats: StatsRecorder,
+    ) -> None:
+        self._prepare_one = prepare
+        self._infer = infer
+        self._slots = slots
+        self._pack_size = max(1, pack_size)
+        self._embedding_dim = embedding_dim
+        self._stats = stats
+        self._admitted = asyncio.Semaphore(lookahead)
+        self._ready: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._preparing: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._rows: dict[int, npt.NDArray[np.float32]] = {}
+        self._errors: dict[int, BaseException] = {}
+
+    async def run(self, sources: Iterable[ImageSource]) -> BatchEmbedding:
+        """Embed every source; errors about one item are recorded, others raised."""
+        dispatcher = asyncio.ensure_future(self._dispatch())
+        main = asyncio.current_task()
+
+        def dispatcher_done(task: asyncio.Task[None]) -> None:
+            # Never hang on a permit that will not come back: a dead dispatcher stops us.
+            if main is not None and not task.cancelled() and task.exception() is not None:
+                main.cancel()
+
+        dispatcher.add_done_callback(dispatcher_done)
+        count = 0
+        try:
+            for index, source in enumerate(sources):
+                await self._admitted.acquire()
+                self._track(self._preparing, self._prepare(index, source))
+                count = index + 1
+            while self._preparing:
+                await asyncio.wait(list(self._preparing))
+            self._ready.put_nowait(None)
+            await dispatcher
+            while self._sending:
+                await asyncio.wait(list(self._sending))
+        except BaseException:
+            pending = [*self._preparing, *self._sending, dispatcher]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            crash = None if dispatcher.cancelled() else dispatcher.exception()
+            if crash is not None:
+                raise crash from None
+            raise
+        return self._result(count)
+
+    def _result(self, count: int) -> BatchEmbedding:
+        dim = self._embedding_dim
+        if dim is None:
+            dim = next((len(r) for r in self._rows.values()), 0)
+        out = np.full((count, dim), np.nan, dtype=np.float32)
+        for index, row in self._rows.items():
+            out[index] = row
+        return BatchEmbedding(out, types.MappingProxyType(self._errors))
+
+    @staticmethod
+    def _track(tasks: set[asyncio.Task[None]], coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    def _record(self, index: int, source: ImageSource, exc: BaseException, *, shared: bool) -> None:
+        if not shared:  # one exception object for a whole pack names no single input
+            attach_source(exc, source)
+        self._errors[index] = exc
+        self._stats.failed(exc)
+
+    async def _prepare(self, index: int, source: ImageSource) -> None:
+        try:
+            pixels = await self._prepare_one(source)
+        except Exception as exc:
+            self._record(index, source, exc, shared=False)
+            self._admitted.release()
+            return
+        self._ready.put_nowait((index, source, pixels))
+
+    async def _dispatch(self) -> None:
+        finished = False
+        while not finished:
+            first = await self._ready.get()
+            if first is None:
+                return
+            # Wait for a slot first: while Triton is busy, more items get ready to pack.
+            await self._slots.acquire()
+            items = [first]
+            while len(items) < self._pack_size and not self._ready.empty():
+                item = self._ready.get_nowait()
+                if item is None:
+                    finished = True
+                    break
+                items.append(item)
+            task = self._track(self._sending, self._send(items))
+            # A done-callback, so the slot comes back even if the task never started.
+            task.add_done_callback(lambda _: self._slots.release())
+
+    async def _send(self, items: list[_Item]) -> None:
+        try:
+            await self._send_pack(items)
+        finally:
+            for _ in items:
+                self._admitted.release()
+
+    async def _send_pack(self, items: list[_Item]) -> None:
+        """Send one pack; record a row or an error for each of its items."""
+        shared = len(items) > 1
+        try:
+            embeddings = await self._infer([pixels for _, _, pixels in items])
+        except ServerError as exc:
+            if shared and not isinstance(exc, ServerOverloaded | ProtocolError):
+                # Triton refused the pack: find the culprit(s) one by one, same slot.
+                for item in items:
+                    await self._send_pack([item])
+                return
+            for index, source, _ in items:
+                self._record(index, source, exc, shared=shared)
+            return
+        except Exception as exc:
+            for index, source, _ in items:
+                self._record(index, source, exc, shared=shared)
+            return
+        for (index, _, _), row in zip(items, embeddings, strict=True):
+            self._rows[index] = row
+        self._stats.succeeded(len(items))
