@@ -16,7 +16,7 @@ from typing import Any
 from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS
 
 # Re-exported for callers that still import it from here; its home is the contract.
-from tritonvision.contract import DEFAULT_MODEL as DEFAULT_MODEL
+from tritonvision.contract import DEFAULT_MODEL
 from tritonvision.errors import InvalidInput
 
 from ._fetch import FetchConfig
@@ -30,7 +30,6 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_MAX_RETRIES",
-    "DEFAULT_MODEL",
     "DEFAULT_PACK_BATCH_SIZE",
     "DEFAULT_REQUEST_TIMEOUT_S",
     "DEFAULT_RETRY_BUDGET_S",

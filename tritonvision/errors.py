@@ -1,6 +1,6 @@
-"""The tritonvision client exception tree.
+"""The tritonvision exception tree: one root for the client, the exporter and the apps.
 
-Every error the client raises derives from :class:`TritonVisionError`, so one
+Every error tritonvision raises derives from :class:`TritonVisionError`, so one
 ``except TritonVisionError`` catches them all; the subclasses let callers react
 to one kind of failure. Where a built-in fits, the subclass inherits it too
 (a timeout is also a ``TimeoutError``, bad input also a ``ValueError``)::
@@ -23,7 +23,12 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
     ├── ModelConfigError                     the model does not publish what the client needs
     ├── RuntimeUnavailable (RuntimeError)    the client is closed or its loop thread died
     │   └── ClientClosed                     ``close()`` was called
-    └── BatchError                           ``BatchEmbedding.raise_for_errors()`` (``.errors``)
+    ├── BatchError                           ``BatchEmbedding.raise_for_errors()`` (``.errors``)
+    ├── UsageError (ValueError), JobAborted  ``tritonvision.embed``: bad job input / job stopped
+    └── ExportError (tritonvision.export)    the exporter could not produce or confirm a model
+        ├── CheckpointError (ValueError)     the checkpoint cannot be exported as given
+        ├── ExportValidationError            the ONNX model does not match PyTorch
+        └── VerificationError                a live Triton model does not match PyTorch
 
 Each message names the input it is about (``source=...``), so a failing item in a
 batch of thousands can be found.
