@@ -24,11 +24,15 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_CACHE_DIR",
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_HTTP_PORT",
     "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_METRICS_PORT",
     "DEFAULT_MODEL",
     "DEFAULT_RESCALE_FACTOR",
     "EMBEDDINGS_OUTPUT",
     "ENSEMBLE_SUFFIX",
+    "HF_IMAGE_PROCESSORS",
     "IMAGES_INPUT",
     "PARAM_EMBEDDING_DIM",
     "PARAM_FAMILY",
@@ -123,6 +127,14 @@ RUNTIME_PARAMETERS: tuple[str, ...] = (PARAM_MAX_IMAGE_PIXELS, PARAM_ONNX_FILE, 
 
 DEFAULT_CACHE_DIR = Path("~/.cache/tritonvision")
 """Where exported encoders and tools are cached (``expanduser()`` before use)."""
+
+# Triton's own defaults; serve, compose, the image and the generated manifests all use them.
+DEFAULT_HTTP_PORT = 8000
+"""Triton's HTTP/REST (KServe v2) port."""
+DEFAULT_GRPC_PORT = 8001
+"""Triton's gRPC (KServe v2) port."""
+DEFAULT_METRICS_PORT = 8002
+"""Triton's Prometheus ``/metrics`` port."""
 
 # Pillow's own default for Image.MAX_IMAGE_PIXELS (~89.5 MP, ~0.25 GiB of RGB). Pillow raises
 # by itself above twice its global limit at open time, so larger values of ``max_pixels``
@@ -318,12 +330,16 @@ class PreprocessSpec:
 
     @classmethod
     def from_hf_processor_config(cls, cfg: Mapping[str, Any]) -> PreprocessSpec:
-        """Read a transformers ``preprocessor_config.json`` (CLIP or SigLIP image processor).
+        """Read a transformers ``preprocessor_config.json``, exactly as its processor applies it.
 
-        Keys the config omits take the processor class's defaults: SigLIP when
-        ``image_processor_type`` (or the legacy ``feature_extractor_type``) names Siglip,
-        CLIP otherwise. An int ``size`` reads as transformers reads it: a square for
-        SigLIP, the shortest edge for CLIP. Raises :class:`ModelConfigError`.
+        ``image_processor_type`` (or the legacy ``feature_extractor_type``) names the
+        processor; the ones understood are :data:`HF_IMAGE_PROCESSORS` (CLIP when the config
+        names none). Keys the config omits take that class's defaults, and an int ``size``
+        reads as the class reads it (a square, or the shortest edge). ConvNeXt's ``crop_pct``
+        rule (shortest edge ``S < 384``: short side to ``int(S / crop_pct)``, centre crop
+        ``S x S``; ``S >= 384``: warp to ``S x S``) becomes that resize and crop. A processor or
+        a key this spec cannot reproduce exactly (another processor, ``do_pad``, ``crop_pct``
+        outside ConvNeXt, ...) is refused, never approximated. Raises :class:`ModelConfigError`.
         """
         try:
             return cls._from_hf(cfg)
@@ -337,19 +353,27 @@ class PreprocessSpec:
         if not isinstance(cfg, Mapping):
             raise InvalidInput(f"expected a JSON object, got {type(cfg).__name__}")
         kind = str(cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or "")
-        default = cls.siglip_default() if "siglip" in kind.lower() else cls.clip_default()
-        square = default.resize_mode == "exact"
+        rule = _hf_processor_rule(kind)
+        defaults = _HF_DEFAULTS[rule]
+        if cfg.get("do_pad"):
+            raise InvalidInput("do_pad is true: padding to a batch size is not reproduced")
+        crop_pct = cfg.get("crop_pct", defaults.get("crop_pct"))
+        if crop_pct is not None and rule != "convnext":
+            raise InvalidInput(
+                f"crop_pct={crop_pct!r} on {kind or 'CLIPImageProcessor'}: only ConvNeXt's "
+                "crop_pct rule is understood"
+            )
         if not cfg.get("do_resize", True):
             raise InvalidInput("do_resize is false; the encoder needs a fixed input size")
 
         resize: dict[str, Any]
         size = cfg.get("size")
         if size is None:
-            resize = default._resize_dict()
-        elif isinstance(size, int) and not isinstance(size, bool):
+            size = defaults["size"]
+        if isinstance(size, int) and not isinstance(size, bool):
             resize = (
                 {"mode": "exact", "height": size, "width": size}
-                if square
+                if defaults["square"]
                 else {"mode": "shortest_edge", "shortest_edge": size}
             )
         elif isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
@@ -363,20 +387,20 @@ class PreprocessSpec:
             )
 
         crop: dict[str, Any] | None = None
-        if cfg.get("do_center_crop", default.crop_height is not None):
-            crop_size = cfg.get("crop_size")
+        if cfg.get("do_center_crop", defaults["do_center_crop"]):
+            crop_size = cfg.get("crop_size", defaults["crop_size"])
             if crop_size is None:
-                crop = default._crop_dict()
-                if crop is None:
-                    raise InvalidInput("do_center_crop is true but there is no crop_size")
-            elif isinstance(crop_size, int) and not isinstance(crop_size, bool):
+                raise InvalidInput("do_center_crop is true but there is no crop_size")
+            if isinstance(crop_size, int) and not isinstance(crop_size, bool):
                 crop = {"height": crop_size, "width": crop_size}
             elif isinstance(crop_size, Mapping) and set(crop_size) == {"height", "width"}:
                 crop = {"height": crop_size["height"], "width": crop_size["width"]}
             else:
                 raise InvalidInput(f"crop_size={crop_size!r} is not supported")
+        if rule == "convnext":
+            resize, crop = _convnext_resize(resize, crop, crop_pct)
 
-        resample_raw = cfg.get("resample", 3)
+        resample_raw = cfg.get("resample", defaults["resample"])
         if isinstance(resample_raw, int) and not isinstance(resample_raw, bool):
             if resample_raw not in _RESAMPLE_BY_INT:
                 raise InvalidInput(f"resample={resample_raw!r} is not a known PIL filter (0..5)")
@@ -390,8 +414,8 @@ class PreprocessSpec:
         if not cfg.get("do_rescale", True):
             rescale = 1.0
         if cfg.get("do_normalize", True):
-            mean = _hf_channels(cfg.get("image_mean", default.mean), "image_mean")
-            std = _hf_channels(cfg.get("image_std", default.std), "image_std")
+            mean = _hf_channels(cfg.get("image_mean", defaults["mean"]), "image_mean")
+            std = _hf_channels(cfg.get("image_std", defaults["std"]), "image_std")
         else:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         return cls._from_parts(resize, crop, resample, rescale, mean, std, None)
@@ -521,6 +545,142 @@ class PreprocessSpec:
     def to_json(self) -> str:
         """The published form: ``json.dumps(to_dict(), sort_keys=True)``."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# transformers' IMAGENET_STANDARD_MEAN / _STD.
+_HALF = (0.5, 0.5, 0.5)
+# The image processors ``from_hf_processor_config`` reproduces, by rule name, with the class
+# defaults that stand in for keys a config omits (transformers 5's PIL processors). ``square``:
+# how an int ``size`` reads (the class's ``default_to_square``; SigLIP's reads square, as
+# its checkpoints mean it). BiT's rule is CLIP's: DINOv2 checkpoints name BitImageProcessor.
+_CLIP_DEFAULTS: Mapping[str, Any] = {
+    "size": {"shortest_edge": 224},
+    "square": False,
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "resample": 3,
+    "mean": CLIP_MEAN,
+    "std": CLIP_STD,
+}
+_HF_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    "clip": _CLIP_DEFAULTS,
+    "bit": _CLIP_DEFAULTS,
+    "siglip": {
+        "size": {"height": 224, "width": 224},
+        "square": True,
+        "do_center_crop": False,
+        "crop_size": None,
+        "resample": 3,
+        "mean": SIGLIP_MEAN,
+        "std": SIGLIP_STD,
+    },
+    "vit": {
+        "size": {"height": 224, "width": 224},
+        "square": True,
+        "do_center_crop": False,
+        "crop_size": None,
+        "resample": 2,
+        "mean": _HALF,
+        "std": _HALF,
+    },
+    "deit": {
+        "size": {"height": 256, "width": 256},
+        "square": True,
+        "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224},
+        "resample": 3,
+        "mean": _HALF,
+        "std": _HALF,
+    },
+    "beit": {
+        "size": {"height": 224, "width": 224},
+        "square": True,
+        "do_center_crop": False,
+        "crop_size": {"height": 224, "width": 224},
+        "resample": 3,
+        "mean": _HALF,
+        "std": _HALF,
+    },
+    "convnext": {
+        "size": {"shortest_edge": 384},
+        "square": False,
+        "do_center_crop": False,
+        "crop_size": None,
+        "resample": 3,
+        "mean": _HALF,
+        "std": _HALF,
+        "crop_pct": 224 / 256,
+    },
+}
+# image_processor_type (less its suffixes, lower-cased) -> rule.
+_HF_PROCESSOR_RULES: Mapping[str, str] = {
+    "": "clip",
+    "clip": "clip",
+    "bit": "bit",
+    "siglip": "siglip",
+    "vit": "vit",
+    "deit": "deit",
+    "beit": "beit",
+    "convnext": "convnext",
+}
+HF_IMAGE_PROCESSORS: tuple[str, ...] = (
+    "BeitImageProcessor",
+    "BitImageProcessor",
+    "CLIPImageProcessor",
+    "ConvNextImageProcessor",
+    "DeiTImageProcessor",
+    "SiglipImageProcessor",
+    "ViTImageProcessor",
+)
+"""The transformers image processors :meth:`PreprocessSpec.from_hf_processor_config` reads
+(also their ``Fast`` / ``Pil`` variants and legacy ``*FeatureExtractor`` names)."""
+_PROCESSOR_SUFFIXES = (
+    "imageprocessorfast",
+    "imageprocessorpil",
+    "imageprocessor",
+    "featureextractor",
+)
+# ConvNeXt warps to a square at and above this shortest edge instead of resize + crop.
+_CONVNEXT_WARP_EDGE = 384
+
+
+def _hf_processor_rule(kind: str) -> str:
+    key = kind.lower()
+    for suffix in _PROCESSOR_SUFFIXES:
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            break
+    rule = _HF_PROCESSOR_RULES.get(key)
+    if rule is None:
+        raise InvalidInput(
+            f"image processor {kind!r} is not supported: its resize rule is not known to be "
+            f"reproducible (supported: {', '.join(HF_IMAGE_PROCESSORS)})"
+        )
+    return rule
+
+
+def _convnext_resize(
+    resize: Mapping[str, Any], crop: Mapping[str, Any] | None, crop_pct: object
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """ConvNeXt's resize as (resize, crop), per ``ConvNextImageProcessor.resize``, verbatim."""
+    if resize.get("mode") != "shortest_edge":
+        raise InvalidInput(f"ConvNeXt needs size={{'shortest_edge': S}}, got {dict(resize)!r}")
+    edge = _positive_int(resize["shortest_edge"], "size.shortest_edge")
+    if edge >= _CONVNEXT_WARP_EDGE:
+        warped: dict[str, Any] = {"mode": "exact", "height": edge, "width": edge}
+        return warped, None if crop is None else dict(crop)
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, int | float) or not crop_pct > 0:
+        raise InvalidInput(f"ConvNeXt crop_pct={crop_pct!r} must be a number > 0")
+    # ConvNeXt crops S x S inside its resize; a further centre crop of another size would
+    # round its offsets twice, which one crop cannot reproduce.
+    if crop is not None and (crop["height"], crop["width"]) != (edge, edge):
+        raise InvalidInput(
+            f"ConvNeXt crop_pct resize (crop {edge}x{edge}) followed by do_center_crop to "
+            f"{crop['height']}x{crop['width']} is not supported"
+        )
+    # int(S / crop_pct) is transformers' own expression, so the float rounding agrees too.
+    resized = {"mode": "shortest_edge", "shortest_edge": int(edge / crop_pct)}
+    return resized, {"height": edge, "width": edge}
 
 
 def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str], what: str) -> None:
