@@ -13,7 +13,7 @@
 
 ``batch_embed_images`` does the same per batch. To isolate the runtime, everything else is
 what our client does: the same preprocessing (``load_image_pixels``) and the same binary
-KServe v2 request and response code (``tritonvision.client._protocol``). Benchmark use
+KServe v2 request and response code (both through ``_client_internals``). Benchmark use
 only; it is deliberately wasteful.
 """
 
@@ -23,27 +23,31 @@ import asyncio
 import base64
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import aiohttp
 import numpy as np
+import numpy.typing as npt
 
-from tritonvision.client import BatchEmbedding, PreprocessSpec
-from tritonvision.client._imaging import load_image_pixels, pixels_from_array
-from tritonvision.client._protocol import (
+from tritonvision.client import BatchEmbedding
+from tritonvision.contract import PARAM_PREPROCESSING, PIXELS_INPUT, PreprocessSpec
+
+from ._client_internals import (
     HEADER_LENGTH_HEADER,
-    InputTensor,
-    build_infer_request,
+    binary_request,
     config_path,
     infer_path,
-    parse_infer_response,
+    load_image_pixels,
+    parse_binary_response,
+    pixels_from_array,
 )
 
 __all__ = ["PerCallVisionClient"]
 
 T = TypeVar("T")
+Embedding = npt.NDArray[np.float32]
 
 
 class PerCallVisionClient:
@@ -73,33 +77,33 @@ class PerCallVisionClient:
         async with session.get(self.url + config_path(self.model)) as resp:
             resp.raise_for_status()
             config = await resp.json()
-        published = config["parameters"]["tritonvision.preprocessing"]["string_value"]
+        published = config["parameters"][PARAM_PREPROCESSING]["string_value"]
         return PreprocessSpec.from_json(published), int(config.get("max_batch_size", 0))
 
-    async def _post(self, session: aiohttp.ClientSession, pixels: np.ndarray) -> np.ndarray:
-        request = build_infer_request([InputTensor("pixels", pixels, "UINT8")], ["embeddings"])
+    async def _post(
+        self, session: aiohttp.ClientSession, pixels: npt.NDArray[np.uint8]
+    ) -> Embedding:
+        body, headers = binary_request(PIXELS_INPUT, pixels, "UINT8")
         async with session.post(
-            self.url + infer_path(self.model), data=request.body, headers=request.headers
+            self.url + infer_path(self.model), data=body, headers=headers
         ) as resp:
-            body = await resp.read()
+            payload = await resp.read()
             resp.raise_for_status()
             header_length = resp.headers.get(HEADER_LENGTH_HEADER)
-        parsed = parse_infer_response(
-            body, header_length=int(header_length) if header_length else None
-        )
-        return parsed.output("embeddings").astype(np.float32)
+        return parse_binary_response(payload, header_length)
 
     def _session(self) -> aiohttp.ClientSession:
         self.sessions_made += 1
         return aiohttp.ClientSession()
 
-    async def _embed_one(self, load: Callable[[], Any]) -> np.ndarray:
+    async def _embed_one(self, load: Callable[[], Any]) -> Embedding:
         async with self._session() as session:
             spec, _ = await self._spec(session)
             pixels = _pixels(load(), spec)
-            return (await self._post(session, pixels[None]))[0]
+            first: Embedding = (await self._post(session, pixels[None]))[0]
+            return first
 
-    async def _embed_many(self, loaders: list[Callable[[], Any]]) -> BatchEmbedding:
+    async def _embed_many(self, loaders: Sequence[Callable[[], Any]]) -> BatchEmbedding:
         async with self._session() as session:
             spec, max_batch = await self._spec(session)
             pixels = [_pixels(load(), spec) for load in loaders]
@@ -112,17 +116,17 @@ class PerCallVisionClient:
 
     # ------------------------------------------------------------- VisionClient's methods
 
-    def embed_image(self, path: str | os.PathLike[str]) -> Future[np.ndarray]:
+    def embed_image(self, path: str | os.PathLike[str]) -> Future[Embedding]:
         return self._spawn(lambda: self._embed_one(lambda: _read(path)))
 
-    def embed_image_bytes(self, data: bytes) -> Future[np.ndarray]:
+    def embed_image_bytes(self, data: bytes) -> Future[Embedding]:
         return self._spawn(lambda: self._embed_one(lambda: bytes(data)))
 
-    def embed_image_base64(self, data: str | bytes) -> Future[np.ndarray]:
+    def embed_image_base64(self, data: str | bytes) -> Future[Embedding]:
         return self._spawn(lambda: self._embed_one(lambda: base64.b64decode(data)))
 
-    def embed_image_url(self, url: str) -> Future[np.ndarray]:
-        async def fetch_and_embed() -> np.ndarray:
+    def embed_image_url(self, url: str) -> Future[Embedding]:
+        async def fetch_and_embed() -> Embedding:
             async with self._session() as session, session.get(url) as resp:
                 resp.raise_for_status()
                 data = await resp.read()
@@ -130,7 +134,7 @@ class PerCallVisionClient:
 
         return self._spawn(fetch_and_embed)
 
-    def embed(self, source: Any) -> Future[np.ndarray]:
+    def embed(self, source: Any) -> Future[Embedding]:
         if isinstance(source, np.ndarray):
             return self._spawn(lambda: self._embed_one(lambda: source))
         if isinstance(source, bytes | bytearray | memoryview):
@@ -139,9 +143,7 @@ class PerCallVisionClient:
 
     def batch_embed_images(self, sources: Iterable[Any]) -> Future[BatchEmbedding]:
         items = list(sources)
-        loaders = [
-            (lambda s=s: s if isinstance(s, np.ndarray | bytes) else _read(s)) for s in items
-        ]
+        loaders = [_loader(s) for s in items]
         return self._spawn(lambda: self._embed_many(loaders))
 
     def close(self) -> None:
@@ -159,7 +161,13 @@ def _read(path: str | os.PathLike[str]) -> bytes:
         return fh.read()
 
 
-def _pixels(raw: Any, spec: PreprocessSpec) -> np.ndarray:
+def _loader(source: Any) -> Callable[[], Any]:
+    if isinstance(source, np.ndarray | bytes):
+        return lambda: source
+    return lambda: _read(source)
+
+
+def _pixels(raw: Any, spec: PreprocessSpec) -> npt.NDArray[np.uint8]:
     if isinstance(raw, np.ndarray):
         return pixels_from_array(raw, spec)
     return load_image_pixels(raw, spec)

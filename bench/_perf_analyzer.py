@@ -3,7 +3,8 @@
 ``pip install perf-analyzer`` is a placeholder, but the ``tritonclient==2.41.0``
 manylinux wheel on PyPI carries the real binary (``tritonclient-2.41.0.data/data/bin/
 perf_analyzer``). The set-up step (``tritonvision bench --setup``, or a full run) downloads
-that wheel with pip, unzips the binary into ``~/.cache/tritonvision/perf_analyzer/2.41.0/``
+that wheel with pip, unzips the binary into ``<cache>/perf_analyzer/2.41.0/`` (the cache is
+``--cache-dir``, by default ``~/.cache/tritonvision``)
 and makes the two libraries it links against findable:
 
 - ``libb64.so.0d``: Debian's ``libb64-0d`` if installed, else the copy that ships in the
@@ -27,7 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _repos import cache_root
+from tritonvision.contract import PIXELS_INPUT
 
 __all__ = ["PerfAnalyzer", "PerfResult", "find_perf_analyzer"]
 
@@ -41,7 +42,6 @@ class PerfResult:
     throughput: float
     p50_ms: float
     p99_ms: float
-    raw: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class PerfAnalyzer:
         protocol: str,
         concurrency: int,
         shape: tuple[int, ...],
-        input_name: str = "pixels",
+        input_name: str = PIXELS_INPUT,
         measurement_ms: int,
         max_trials: int,
         stability_percent: int,
@@ -113,20 +113,19 @@ class PerfAnalyzer:
             throughput=float(row["Inferences/Second"]),
             p50_ms=float(row["p50 latency"]) / 1000.0,
             p99_ms=float(row["p99 latency"]) / 1000.0,
-            raw=row,
         )
 
 
-def _home() -> Path:
-    return cache_root() / "perf_analyzer" / VERSION
+def _home(cache_dir: Path) -> Path:
+    return cache_dir.expanduser() / "perf_analyzer" / VERSION
 
 
 def _pytriton_libs() -> Path | None:
-    try:
-        from tritonvision.serve._binary import find_triton
+    from tritonvision.serve import TritonBinaryNotFound, find_triton
 
+    try:
         return find_triton().libs_dir
-    except Exception:
+    except TritonBinaryNotFound:
         return None
 
 
@@ -171,12 +170,12 @@ def _check(pa: PerfAnalyzer) -> str:
     return ""
 
 
-def find_perf_analyzer(*, allow_download: bool) -> tuple[PerfAnalyzer | None, str]:
+def find_perf_analyzer(*, allow_download: bool, cache_dir: Path) -> tuple[PerfAnalyzer | None, str]:
     """``(perf_analyzer, "")`` when usable, else ``(None, reason)``.
 
     With ``allow_download`` a missing cache is filled from PyPI (``pip download``).
     """
-    home = _home()
+    home = _home(cache_dir)
     pa = PerfAnalyzer(binary=home / "bin" / "perf_analyzer", lib_dir=home / "lib")
     if not pa.binary.exists():
         if not allow_download:

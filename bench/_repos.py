@@ -1,11 +1,12 @@
 """Exported encoders (cached), per-run model repositories with variants, and served models.
 
-An export is slow (ViT-B/32: 1-2 min on 2 cores), so each encoder is exported once into
-``~/.cache/tritonvision/bench-repos/<encoder>-<key>``, keyed by the encoder's shape, the
-export options and a hash of the export code. Each run then builds a small repository
-that links the cached ``model.onnx`` files and adds the variants the scenarios compare
-(dynamic batching off, other queue delays and instance counts, an fp32-input twin), with
-configs edited through ``model_config_pb2`` + ``text_format``, never by string templates.
+An export is slow (ViT-B/32 takes minutes on a small machine), so each encoder is exported
+once, through :func:`tritonvision.export.export_encoder`, into
+``<cache>/bench-repos/<encoder>-<key>``, keyed by the encoder's shape, the export options
+and a hash of the export code. Each run then builds a small repository that links the
+cached ``model.onnx`` files and adds the variants the scenarios compare (dynamic batching
+off, other queue delays and instance counts, an fp32-input twin), with configs edited
+through ``model_config_pb2`` + ``text_format``, never by string templates.
 
 The server runs with ``--model-control-mode=explicit``: a scenario loads the models it
 measures and the others are unloaded, so no idle python-backend stub holds memory.
@@ -27,17 +28,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonvision.contract import (
+    DEFAULT_MODEL,
+    PARAM_ORT_THREADS,
+    PARAM_PREPROCESSING,
+    PIXELS_INPUT,
+    PreprocessSpec,
+    ensemble_name,
+    preprocess_name,
+)
+
+# serve does not export its CPU serving defaults; the variants are defined against them.
 from tritonvision.serve._runtime_repo import DEFAULT_CPU_INSTANCES, DEFAULT_CPU_QUEUE_DELAY_US
+
+from ._load import cpu_seconds_of_group
+
+__all__ = [
+    "BASE",
+    "ENCODERS",
+    "FP32",
+    "FP32_INPUT",
+    "NO_BATCHING",
+    "EncoderSpec",
+    "ExportedEncoder",
+    "RunRepository",
+    "ServedRepository",
+    "Variant",
+    "build_run_repository",
+    "exported",
+]
 
 logger = logging.getLogger(__name__)
 
-ORT_THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
+# The fp32 twin's input: float32 NCHW, already rescaled and normalised (bench-only model).
 FP32_INPUT = "pixel_values"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tritonvision"
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -76,7 +100,7 @@ TINY = EncoderSpec(
 B32 = EncoderSpec(
     key="b32",
     label="CLIP ViT-B/32 (built-in default, untrained, d=512)",
-    model_name="vision_encoder",
+    model_name=DEFAULT_MODEL,
     vision_config=None,
 )
 
@@ -127,9 +151,9 @@ class ExportedEncoder:
         return self.repository / "_fp32" / "model.onnx"
 
 
-def exported(spec: EncoderSpec, cache_dir: Path | None = None) -> ExportedEncoder:
+def exported(spec: EncoderSpec, cache_dir: Path) -> ExportedEncoder:
     """The encoder's exported repository, from the cache or exported now (then cached)."""
-    cache = (cache_dir or cache_root()) / "bench-repos"
+    cache = cache_dir.expanduser() / "bench-repos"
     dest = cache / f"{spec.key}-{_cache_key(spec)}"
     if (dest / ".complete").exists():
         return ExportedEncoder(spec, dest, 0.0)
@@ -175,64 +199,74 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _load(spec: EncoderSpec) -> Any:
-    from tritonvision.export import builtin_encoder
-
-    if spec.vision_config is None:
-        return builtin_encoder()
-    from transformers import CLIPVisionConfig
-
-    return builtin_encoder(CLIPVisionConfig(**spec.vision_config))
-
-
 def _export(spec: EncoderSpec, repository: Path) -> None:
-    from tritonvision.export import ExportOptions, export_encoder
+    from tritonvision.export import ExportOptions, builtin_encoder, export_encoder
 
-    encoder = _load(spec)
-    export_encoder(
-        encoder,
+    vision_config: Any = None
+    if spec.vision_config is not None:
+        from transformers import CLIPVisionConfig
+
+        vision_config = CLIPVisionConfig(**spec.vision_config)
+    result = export_encoder(
+        builtin_encoder(vision_config),
         ExportOptions(
             repository=repository, name=spec.model_name, max_batch_size=spec.max_batch_size
         ),
     )
     if spec.fp32_twin:
-        _export_fp32_twin(encoder, repository / "_fp32" / "model.onnx")
+        _write_fp32_twin(
+            result.model_path, result.model.preprocessing, repository / "_fp32" / "model.onnx"
+        )
 
 
-def _export_fp32_twin(encoder: Any, path: Path) -> None:
-    """The same weights behind a float32 NCHW ``pixel_values`` input (already normalised):
-    what a stack that normalises on the client sends (4x the bytes of uint8 pixels)."""
-    import torch
-    from torch.nn import functional
+def _write_fp32_twin(onnx_path: Path, spec: PreprocessSpec, dest: Path) -> None:
+    """The exported graph behind a float32 NCHW ``pixel_values`` input (already rescaled and
+    normalised): what a stack that normalises on the client sends, 4x the bytes of uint8.
 
-    wrapper = encoder.wrapper(normalize=True)
+    Made by editing the exported graph rather than by a second export, so both models share
+    every weight and op: a prologue maps the floats back to the uint8 pixels they came from
+    (``(x * std + mean) / rescale``, rounded, NCHW -> NHWC) and feeds the encoder's own
+    input. The prologue adds a few elementwise ops per image to the twin's server side.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    class FloatInput(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tower = wrapper.tower
-            self.projection = wrapper.projection
-
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            pooled = self.tower(pixel_values=pixel_values).pooler_output
-            return functional.normalize(self.projection(pooled), p=2.0, dim=-1)
-
-    height, width, _ = encoder.preprocessing.output_shape
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-    program = torch.onnx.export(
-        FloatInput().eval(),
-        (dummy,),
-        dynamo=True,
-        input_names=[FP32_INPUT],
-        output_names=["embeddings"],
-        dynamic_shapes={FP32_INPUT: {0: torch.export.Dim("batch", min=1)}},
-        external_data=False,
-        optimize=True,
-        verbose=False,
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    (pixels,) = [i for i in graph.input if i.name == PIXELS_INPUT]
+    batch_dim = pixels.type.tensor_type.shape.dim[0]
+    batch: str | int = batch_dim.dim_param or batch_dim.dim_value
+    height, width, _ = spec.output_shape
+    graph.input.remove(pixels)
+    graph.input.insert(
+        0, helper.make_tensor_value_info(FP32_INPUT, TensorProto.FLOAT, [batch, 3, height, width])
     )
-    assert program is not None
-    program.save(path, external_data=False)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    rescale = np.float32(spec.rescale_factor)
+    constants = {
+        "bench_fp32_scale": std / rescale,
+        "bench_fp32_offset": mean / rescale,
+        "bench_fp32_low": np.asarray(0.0, dtype=np.float32),
+        "bench_fp32_high": np.asarray(255.0, dtype=np.float32),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in constants.items())
+    prologue = [
+        helper.make_node("Mul", [FP32_INPUT, "bench_fp32_scale"], ["bench_fp32_scaled"]),
+        helper.make_node("Add", ["bench_fp32_scaled", "bench_fp32_offset"], ["bench_fp32_levels"]),
+        helper.make_node("Round", ["bench_fp32_levels"], ["bench_fp32_rounded"]),
+        helper.make_node(
+            "Clip", ["bench_fp32_rounded", "bench_fp32_low", "bench_fp32_high"], ["bench_fp32_c"]
+        ),
+        helper.make_node("Cast", ["bench_fp32_c"], ["bench_fp32_u8"], to=TensorProto.UINT8),
+        helper.make_node("Transpose", ["bench_fp32_u8"], [PIXELS_INPUT], perm=[0, 2, 3, 1]),
+    ]
+    for node in reversed(prologue):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model, full_check=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest))
 
 
 # ---------------------------------------------------------------------- run repository
@@ -279,7 +313,9 @@ def _write_config(path: Path, config: Any) -> None:
     path.write_text(text_format.MessageToString(config))
 
 
-def _variant_config(base: Any, name: str, variant: Variant, threads: int, spec: Any) -> Any:
+def _variant_config(
+    base: Any, name: str, variant: Variant, threads: int, spec: PreprocessSpec
+) -> Any:
     from tritonclient.grpc import model_config_pb2 as mc
 
     config = mc.ModelConfig()
@@ -291,14 +327,14 @@ def _variant_config(base: Any, name: str, variant: Variant, threads: int, spec: 
         config.dynamic_batching.max_queue_delay_microseconds = variant.max_queue_delay_us
     del config.instance_group[:]
     config.instance_group.add(count=variant.instances)
-    config.parameters[ORT_THREADS_PARAMETER].string_value = str(threads)
+    config.parameters[PARAM_ORT_THREADS].string_value = str(threads)
     if variant.fp32_input:
         height, width, _ = spec.output_shape
         del config.input[:]
         config.input.add(name=FP32_INPUT, data_type=mc.TYPE_FP32, dims=[3, height, width])
         config.ClearField("model_warmup")
         # Our client reads this to decide what to send; this twin takes something else.
-        del config.parameters["tritonvision.preprocessing"]
+        del config.parameters[PARAM_PREPROCESSING]
     return config
 
 
@@ -308,6 +344,7 @@ class RunRepository:
 
     encoder: ExportedEncoder
     path: Path
+    preprocessing: PreprocessSpec
     variants: dict[str, Variant] = field(default_factory=dict)
 
     @property
@@ -316,11 +353,11 @@ class RunRepository:
 
     @property
     def images_model(self) -> str:
-        return f"{self.model}_images"
+        return ensemble_name(self.model)
 
     @property
     def preprocess_model(self) -> str:
-        return f"{self.model}_preprocess"
+        return preprocess_name(self.model)
 
     def name_of(self, variant: Variant) -> str:
         return self.model + variant.suffix
@@ -330,21 +367,17 @@ def build_run_repository(
     encoder: ExportedEncoder, dest: Path, variants: Iterable[Variant], *, default_threads: int
 ) -> RunRepository:
     """Write ``dest``: the export's models (ONNX linked, not copied) plus ``variants``."""
-    from tritonvision.client import PreprocessSpec
-
     spec_name = encoder.spec.model_name
     source = encoder.repository
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     base_config = _read_config(source / spec_name / "config.pbtxt")
-    spec = PreprocessSpec.from_json(
-        base_config.parameters["tritonvision.preprocessing"].string_value
-    )
+    spec = PreprocessSpec.from_json(base_config.parameters[PARAM_PREPROCESSING].string_value)
     for model_dir in source.iterdir():
         if model_dir.is_dir() and model_dir.name not in (spec_name, "_fp32"):
             shutil.copytree(model_dir, dest / model_dir.name)
-    repo = RunRepository(encoder, dest)
+    repo = RunRepository(encoder, dest, spec)
     unique = {v.suffix: v for v in (BASE, *variants)}
     for variant in unique.values():
         if variant.fp32_input and not encoder.fp32_onnx_path.exists():
@@ -378,6 +411,9 @@ class ServedRepository:
             # The variants set their own instance groups and queue delays.
             cpu_instances=None,
             queue_delay_us=None,
+            # Explicit model control: nothing is loaded until a scenario asks, so there is
+            # nothing to warm up at start; each measurement makes its own warm-up calls.
+            warm_up=False,
         )
         self.loaded: set[str] = set()
         self.start_s = 0.0
@@ -394,10 +430,6 @@ class ServedRepository:
     @property
     def host_port(self) -> str:
         return self.http_url.removeprefix("http://")
-
-    @property
-    def grpc_host_port(self) -> str:
-        return self.grpc_url.removeprefix("grpc://")
 
     def start(self) -> ServedRepository:
         started = time.perf_counter()
@@ -435,7 +467,5 @@ class ServedRepository:
                 self.loaded.add(model)
 
     def cpu_seconds(self) -> float:
-        from _common import cpu_seconds_of_group
-
         pid = self.server.pid
         return cpu_seconds_of_group(pid) if pid else 0.0

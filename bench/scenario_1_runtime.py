@@ -11,28 +11,43 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from functools import partial
+from pathlib import Path
 from typing import Any
 
-from _common import Measurement, Row, alternate, run_threads, side_from
-from _percall_bug import PerCallVisionClient
+import numpy as np
+import numpy.typing as npt
+
+from ._client_internals import load_image_pixels
+from ._context import Context, Scenario
+from ._load import Measurement, alternate, run_threads, side_from
+from ._percall_bug import PerCallVisionClient
+from ._report import Row
+from ._repos import ServedRepository
+
+__all__ = ["SCENARIO"]
 
 NUMBER = 1
 TITLE = "Shared runtime vs the per-call runtime bug"
 CONCURRENCY = (1, 16)
 TARGET_AT_16 = 2.0
 
+Embed = Callable[[Any], Future[npt.NDArray[np.float32]]]
+
 
 def _measure(
-    method: Callable[[Any], Any],
-    inputs: list[Any],
+    method: Embed,
+    inputs: Sequence[Any],
     concurrency: int,
     duration_s: float,
-    served: Any,
+    served: ServedRepository,
 ) -> Measurement:
     # Each caller walks the inputs from its own offset, so callers send different images.
+    items = list(inputs)
     cursors = [
-        itertools.cycle(inputs[i % len(inputs) :] + inputs[: i % len(inputs)])
+        itertools.cycle(items[i % len(items) :] + items[: i % len(items)])
         for i in range(concurrency)
     ]
 
@@ -56,9 +71,8 @@ def _cpu(m: Measurement) -> str:
     )
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     from tritonvision.client import VisionClient
-    from tritonvision.client._imaging import load_image_pixels
 
     served = ctx.served("tiny")
     model = served.repo.model
@@ -70,8 +84,8 @@ def run(ctx: Any) -> None:
     with VisionClient(served.http_url, model) as ours:
         bug = PerCallVisionClient(served.http_url, model)
         spec = ours.model_info().result().preprocessing
-        pixels = [load_image_pixels(open(p, "rb").read(), spec) for p in paths]  # noqa: SIM115
-        cases = [
+        pixels = [load_image_pixels(Path(p).read_bytes(), spec) for p in paths]
+        cases: list[tuple[str, Callable[[Any], Embed], Sequence[Any], str]] = [
             (
                 "embed_image(path)",
                 lambda client: client.embed_image,
@@ -91,8 +105,8 @@ def run(ctx: Any) -> None:
             for concurrency in CONCURRENCY:
                 results = alternate(
                     {
-                        side: lambda c=concurrency, cl=client, m=method, i=inputs: _measure(
-                            m(cl), i, c, ctx.measure_s, served
+                        side: partial(
+                            _measure, method(client), inputs, concurrency, ctx.measure_s, served
                         )
                         for side, client in (("ours", ours), ("bug", bug))
                     },
@@ -126,3 +140,6 @@ def run(ctx: Any) -> None:
             f"Added latency per call of the per-call runtime, {case}: {b1 - o1:+.2f} ms at p50 "
             f"with 1 caller ({b1:.2f} vs {o1:.2f} ms), {b16 - o16:+.2f} ms with 16 callers."
         )
+
+
+SCENARIO = Scenario(NUMBER, TITLE, run)

@@ -10,10 +10,14 @@ default), so any batching is Triton's. Then a sweep of queue delay and instance 
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
 
-from _common import Measurement, Row, alternate, side_from
-from scenario_2_perf_analyzer import measure_ours
+from ._context import Context, Scenario
+from ._load import Measurement, alternate, measure_client_embed, side_from
+from ._report import Row
+from ._repos import FP32, NO_BATCHING
+
+__all__ = ["SCENARIO"]
 
 NUMBER = 3
 TITLE = "Dynamic batching on vs off"
@@ -33,7 +37,7 @@ def _detail(m: Measurement, stalls: bool = False) -> str:
     return text
 
 
-def _low_load(ctx: Any) -> None:
+def _low_load(ctx: Context) -> None:
     """Concurrency 1 on the tiny encoder: what batching costs a lone caller.
 
     A lone request waits out the whole queue delay, and with one busy instance the
@@ -41,11 +45,13 @@ def _low_load(ctx: Any) -> None:
     """
     served = ctx.served("tiny")
     repo = served.repo
-    on, off = repo.model, f"{repo.model}_nobatch"
+    on, off = repo.model, repo.name_of(NO_BATCHING)
     served.use([on, off])
     results = alternate(
         {
-            name: lambda n=name: measure_ours(served.http_url, n, 1, ctx.measure_s, served)
+            name: partial(
+                measure_client_embed, served.http_url, name, 1, ctx.measure_s, served.cpu_seconds
+            )
             for name in (on, off)
         },
         ctx.rounds,
@@ -62,10 +68,10 @@ def _low_load(ctx: Any) -> None:
     )
     # Long pauses at low load: count them per serving variant (same lone caller).
     counts = []
-    for suffix in ("", "_i1", "_q2000", "_nobatch"):
+    for suffix in ("", "_i1", "_q2000", NO_BATCHING.suffix):
         name = repo.model + suffix
         served.use([name])
-        m = measure_ours(served.http_url, name, 1, ctx.measure_s, served)
+        m = measure_client_embed(served.http_url, name, 1, ctx.measure_s, served.cpu_seconds)
         slow = sum(1 for x in m.latencies_s if x > STALL_S)
         counts.append(
             f"{repo.variants[name].describe()}: {slow} of {m.calls} calls "
@@ -79,12 +85,12 @@ def _low_load(ctx: Any) -> None:
     served.use([])
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     key = "tiny" if ctx.quick else "b32"
     served = ctx.served(key)
     repo = served.repo
     label = repo.encoder.spec.label
-    on, off = repo.model, f"{repo.model}_nobatch"
+    on, off = repo.model, repo.name_of(NO_BATCHING)
     threads = 1 if key == "tiny" else ctx.cores
     served.use([on, off])
     concurrencies = (8,) if ctx.quick else (8, 32)
@@ -92,8 +98,13 @@ def run(ctx: Any) -> None:
     for concurrency in concurrencies:
         results = alternate(
             {
-                name: lambda c=concurrency, n=name: measure_ours(
-                    served.http_url, n, c, ctx.measure_for(key), served
+                name: partial(
+                    measure_client_embed,
+                    served.http_url,
+                    name,
+                    concurrency,
+                    ctx.measure_for(key),
+                    served.cpu_seconds,
                 )
                 for name in (on, off)
             },
@@ -118,14 +129,16 @@ def run(ctx: Any) -> None:
 
     top = concurrencies[-1]
     default = measured[(on, top)]
-    sweep = [v for name, v in repo.variants.items() if name not in (on, off, f"{on}_fp32")]
+    sweep = [v for name, v in repo.variants.items() if name not in (on, off, repo.name_of(FP32))]
     if ctx.quick:
         sweep = sweep[:1]
     best: tuple[float, str] = (default.throughput, repo.variants[on].describe())
     for variant in sweep:
         name = repo.name_of(variant)
         served.use([name, on])
-        m = measure_ours(served.http_url, name, top, ctx.measure_for(key), served)
+        m = measure_client_embed(
+            served.http_url, name, top, ctx.measure_for(key), served.cpu_seconds
+        )
         v_threads = variant.ort_threads or max(1, threads // variant.instances)
         ctx.emit(
             Row(
@@ -148,3 +161,6 @@ def run(ctx: Any) -> None:
     )
     served.use([])
     _low_load(ctx)
+
+
+SCENARIO = Scenario(NUMBER, TITLE, run)

@@ -17,16 +17,39 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 import numpy as np
-from _common import Measurement, Row, alternate, run_tasks, side_from
+import numpy.typing as npt
+
+from tritonvision.contract import EMBEDDINGS_OUTPUT, IMAGES_INPUT, PIXELS_INPUT
+
+from ._client_internals import (
+    HEADER_LENGTH_HEADER,
+    binary_request,
+    infer_path,
+    load_image_pixels,
+    normalize_pixels,
+    parse_binary_response,
+)
+from ._context import Context, Scenario
+from ._load import Measurement, alternate, run_tasks, side_from
+from ._report import Row
+from ._repos import FP32, FP32_INPUT, ServedRepository
+
+__all__ = ["SCENARIO"]
 
 NUMBER = 4
 TITLE = "Transports and encodings"
 CONCURRENCY = 8
+# The fp32 twin must give the uint8 model's embedding (its floats are exact uint8 levels).
+TWIN_MIN_COSINE = 0.9999
+
+Body = tuple[bytes, dict[str, str]]
+Parse = Callable[[bytes, "str | None"], npt.NDArray[np.float32]]
 
 
 def _detail(m: Measurement) -> str:
@@ -40,7 +63,12 @@ def _detail(m: Measurement) -> str:
 
 
 def _measure_client(
-    url: str, model: str, inputs: list[Any], method: str, duration_s: float, served: Any
+    url: str,
+    model: str,
+    inputs: Sequence[Any],
+    method: str,
+    duration_s: float,
+    served: ServedRepository,
 ) -> Measurement:
     """Our client (HTTP or gRPC by URL), ``method`` over ``inputs``, N concurrent tasks."""
     from tritonvision.client import AsyncVisionClient
@@ -48,12 +76,12 @@ def _measure_client(
     async def go() -> Measurement:
         async with AsyncVisionClient(url, model) as client:
             await client.model_info()
-            fn = getattr(client, method)
+            embed = {"embed": client.embed, "embed_image_bytes": client.embed_image_bytes}[method]
             counter = [0]
 
             async def call(worker: int) -> None:
                 counter[0] += 1
-                await fn(inputs[counter[0] % len(inputs)])
+                await embed(inputs[counter[0] % len(inputs)])
 
             before = client.stats()
             cpu0, server0 = time.process_time(), served.cpu_seconds()
@@ -71,19 +99,16 @@ def _measure_client(
 
 
 def _measure_raw(
-    url: str,
     model: str,
-    bodies: list[tuple[bytes, dict[str, str]]],
-    parse: Callable[[bytes, Any], np.ndarray],
+    items: Sequence[Any],
+    encode: Callable[[Any], Body],
+    parse: Parse,
     duration_s: float,
-    served: Any,
+    served: ServedRepository,
 ) -> Measurement:
-    """Pre-encoded request bodies POSTed over one shared aiohttp session.
-
-    Encoding happens per request inside ``bodies``' maker in the real world; here the
-    JSON/binary encoding is done per call too (see ``_bodies``) so its CPU cost counts.
-    """
-    endpoint = f"{url}/v2/models/{model}/infer"
+    """Requests POSTed over one shared aiohttp session, each encoded from ``items`` as it is
+    sent (so the encoding's CPU cost counts) and its response parsed."""
+    endpoint = f"{served.http_url}{infer_path(model)}"
 
     async def go() -> Measurement:
         async with aiohttp.ClientSession() as session:
@@ -92,13 +117,13 @@ def _measure_raw(
 
             async def call(worker: int) -> None:
                 counter[0] += 1
-                body, headers = bodies[counter[0] % len(bodies)]
+                body, headers = encode(items[counter[0] % len(items)])
                 sent[0] += len(body)
                 async with session.post(endpoint, data=body, headers=headers) as resp:
                     payload = await resp.read()
                     if resp.status != 200:
                         raise RuntimeError(f"{model}: HTTP {resp.status}: {payload[:200]!r}")
-                    parse(payload, resp.headers)
+                    parse(payload, resp.headers.get(HEADER_LENGTH_HEADER))
 
             cpu0, server0 = time.process_time(), served.cpu_seconds()
             m = await run_tasks(call, concurrency=CONCURRENCY, duration_s=duration_s)
@@ -111,29 +136,14 @@ def _measure_raw(
     return asyncio.run(go())
 
 
-def _parse_binary(payload: bytes, headers: Any) -> np.ndarray:
-    from tritonvision.client._protocol import HEADER_LENGTH_HEADER, parse_infer_response
-
-    length = headers.get(HEADER_LENGTH_HEADER)
-    return parse_infer_response(payload, header_length=int(length) if length else None).output(
-        "embeddings"
-    )
-
-
-def _parse_json(payload: bytes, headers: Any) -> np.ndarray:
+def _parse_json(payload: bytes, header_length: str | None) -> npt.NDArray[np.float32]:
     doc = json.loads(payload)
     out = doc["outputs"][0]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def _binary_body(name: str, array: np.ndarray, datatype: str) -> tuple[bytes, dict[str, str]]:
-    from tritonvision.client._protocol import InputTensor, build_infer_request
-
-    request = build_infer_request([InputTensor(name, array, datatype)], ["embeddings"])
-    return request.body, request.headers
-
-
-def _json_body(name: str, array: np.ndarray, datatype: str) -> tuple[bytes, dict[str, str]]:
+def _json_request(name: str, array: npt.NDArray[Any], datatype: str) -> Body:
+    """The plain KServe v2 JSON encoding: every element a JSON number."""
     doc = {
         "inputs": [
             {
@@ -143,39 +153,37 @@ def _json_body(name: str, array: np.ndarray, datatype: str) -> tuple[bytes, dict
                 "data": array.reshape(-1).tolist(),
             }
         ],
-        "outputs": [{"name": "embeddings", "parameters": {"binary_data": False}}],
+        "outputs": [{"name": EMBEDDINGS_OUTPUT, "parameters": {"binary_data": False}}],
     }
     return json.dumps(doc).encode(), {"Content-Type": "application/json"}
 
 
-class _EncodeEachCall(list):  # type: ignore[type-arg]
-    """A body list whose items are encoded when taken, so encoding cost is measured."""
-
-    def __init__(
-        self, encode: Callable[[np.ndarray], tuple[bytes, dict[str, str]]], arrays: list[np.ndarray]
-    ) -> None:
-        super().__init__(arrays)
-        self._encode = encode
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._encode(super().__getitem__(index))
+def _uint8_request(pixels: npt.NDArray[Any]) -> Body:
+    return binary_request(PIXELS_INPUT, pixels, "UINT8")
 
 
-def run(ctx: Any) -> None:
-    from tritonvision.client._imaging import load_image_pixels, normalize_pixels
+def _fp32_request(floats: npt.NDArray[Any]) -> Body:
+    return binary_request(FP32_INPUT, floats, "FP32")
 
+
+def _ensemble_request(data: bytes) -> Body:
+    return binary_request(IMAGES_INPUT, np.array([[data]], dtype=np.object_), "BYTES")
+
+
+def run(ctx: Context) -> None:
     served = ctx.served("tiny")
     repo = served.repo
     label = repo.encoder.spec.label
-    model, fp32_model, images_model = repo.model, f"{repo.model}_fp32", repo.images_model
+    model, fp32_model, images_model = repo.model, repo.name_of(FP32), repo.images_model
+    if fp32_model not in repo.variants:
+        raise RuntimeError(f"the run repository has no fp32 twin {fp32_model!r}")
     served.use([model, fp32_model, repo.preprocess_model, images_model])
     photos = ctx.photos()
     jpegs = [p.read_bytes() for p in photos]
-    from tritonvision.client import PreprocessSpec
-
-    spec = PreprocessSpec.clip_default(224)
+    spec = repo.preprocessing
     pixels = [load_image_pixels(b, spec) for b in jpegs]
-    floats = [normalize_pixels(p, spec) for p in pixels]  # (1, 3, 224, 224) each
+    floats = [normalize_pixels(p, spec) for p in pixels]  # (1, 3, H, W) each
+    batched = [p[None] for p in pixels]
     common = f"concurrency {CONCURRENCY}, 1 image per request, {len(photos)} sample photos"
     seconds = ctx.measure_s
 
@@ -218,21 +226,15 @@ def run(ctx: Any) -> None:
     )
 
     # Binary vs JSON encoding, same harness (one aiohttp session, encoding per call).
-    batched = [p[None] for p in pixels]
     r = alternate(
         {
             "binary": lambda: _measure_raw(
-                served.http_url,
-                model,
-                _EncodeEachCall(lambda a: _binary_body("pixels", a, "UINT8"), batched),
-                _parse_binary,
-                seconds,
-                served,
+                model, batched, _uint8_request, parse_binary_response, seconds, served
             ),
             "json": lambda: _measure_raw(
-                served.http_url,
                 model,
-                _EncodeEachCall(lambda a: _json_body("pixels", a, "UINT8"), batched),
+                batched,
+                lambda a: _json_request(PIXELS_INPUT, a, "UINT8"),
                 _parse_json,
                 seconds,
                 served,
@@ -248,54 +250,41 @@ def run(ctx: Any) -> None:
     )
 
     # uint8 pixels vs fp32 normalised pixels (4x the bytes) to the fp32 twin.
-    if fp32_model in repo.variants:
-        r = alternate(
-            {
-                "uint8": lambda: _measure_raw(
-                    served.http_url,
-                    model,
-                    _EncodeEachCall(lambda a: _binary_body("pixels", a, "UINT8"), batched),
-                    _parse_binary,
-                    seconds,
-                    served,
-                ),
-                "fp32": lambda: _measure_raw(
-                    served.http_url,
-                    fp32_model,
-                    _EncodeEachCall(lambda a: _binary_body("pixel_values", a, "FP32"), floats),
-                    _parse_binary,
-                    seconds,
-                    served,
-                ),
-            },
-            ctx.rounds,
+    r = alternate(
+        {
+            "uint8": lambda: _measure_raw(
+                model, batched, _uint8_request, parse_binary_response, seconds, served
+            ),
+            "fp32": lambda: _measure_raw(
+                fp32_model, floats, _fp32_request, parse_binary_response, seconds, served
+            ),
+        },
+        ctx.rounds,
+    )
+    cosine = _twin_cosine(served.http_url, model, fp32_model, batched[0], floats[0])
+    if cosine < TWIN_MIN_COSINE:
+        raise RuntimeError(
+            f"the fp32 twin's embedding differs from the model's: cosine {cosine:.6f} "
+            f"< {TWIN_MIN_COSINE}"
         )
-        check = _twin_cosine(served.http_url, model, fp32_model, batched[0], floats[0])
-        row(
-            "uint8 pixels vs fp32 normalised pixels",
-            ("uint8 NHWC", r["uint8"]),
-            ("fp32 NCHW", r["fp32"]),
-            "binary HTTP; fp32 goes to a twin of the model with a float input; "
-            "pre-made tensors (the fp32 side's client-side normalisation is not counted)",
-            note=f"the fp32 twin gives the same embedding (cosine {check:.6f})",
-        )
+    row(
+        "uint8 pixels vs fp32 normalised pixels",
+        ("uint8 NHWC", r["uint8"]),
+        ("fp32 NCHW", r["fp32"]),
+        "binary HTTP; fp32 goes to a twin of the model with a float input (a prologue maps "
+        "the floats back to uint8 levels, then the same graph); pre-made tensors (the fp32 "
+        "side's client-side normalisation is not counted)",
+        note=f"the fp32 twin gives the same embedding (cosine {cosine:.6f})",
+    )
 
     # Client-side preprocessing vs raw JPEG bytes to the ensemble.
-    def ensemble_body(data: bytes) -> tuple[bytes, dict[str, str]]:
-        return _binary_body("images", np.array([[data]], dtype=object), "BYTES")
-
     r = alternate(
         {
             "client": lambda: _measure_client(
                 served.http_url, model, jpegs, "embed_image_bytes", seconds, served
             ),
             "ensemble": lambda: _measure_raw(
-                served.http_url,
-                images_model,
-                _EncodeEachCall(ensemble_body, jpegs),  # type: ignore[arg-type]
-                _parse_binary,
-                seconds,
-                served,
+                images_model, jpegs, _ensemble_request, parse_binary_response, seconds, served
             ),
         },
         ctx.rounds,
@@ -310,16 +299,25 @@ def run(ctx: Any) -> None:
     served.use([])
 
 
-def _twin_cosine(url: str, model: str, twin: str, pixels: np.ndarray, floats: np.ndarray) -> float:
-    import urllib.request
-
-    def infer(name: str, body: tuple[bytes, dict[str, str]]) -> np.ndarray:
+def _twin_cosine(
+    url: str,
+    model: str,
+    twin: str,
+    pixels: npt.NDArray[Any],
+    floats: npt.NDArray[Any],
+) -> float:
+    def infer(name: str, body: Body) -> npt.NDArray[np.float32]:
         request = urllib.request.Request(
-            f"{url}/v2/models/{name}/infer", data=body[0], headers=body[1], method="POST"
+            f"{url}{infer_path(name)}", data=body[0], headers=body[1], method="POST"
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
-            return _parse_binary(resp.read(), resp.headers)[0]
+            batch = parse_binary_response(resp.read(), resp.headers.get(HEADER_LENGTH_HEADER))
+        first: npt.NDArray[np.float32] = batch[0]
+        return first
 
-    a = infer(model, _binary_body("pixels", pixels, "UINT8"))
-    b = infer(twin, _binary_body("pixel_values", floats, "FP32"))
+    a = infer(model, _uint8_request(pixels))
+    b = infer(twin, _fp32_request(floats))
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+SCENARIO = Scenario(NUMBER, TITLE, run)

@@ -22,10 +22,20 @@ import io
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
-from _common import Measurement, Row, alternate, side_from
+import numpy.typing as npt
+
+from tritonvision.contract import PIXELS_INPUT, PreprocessSpec
+
+from ._client_internals import load_image_pixels, normalize_pixels
+from ._context import Context, Scenario
+from ._load import Measurement, alternate, side_from
+from ._report import Row
+
+__all__ = ["SCENARIO"]
 
 NUMBER = 5
 TITLE = "Preprocessing: ours vs transformers CLIPImageProcessor vs naive PIL"
@@ -46,12 +56,14 @@ def _clip_processor() -> Any:
         return cls()
 
 
-def _naive(data: bytes, spec: Any) -> np.ndarray:
+def _naive(data: bytes, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     from PIL import Image
 
     img = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = img.size
     size = spec.shortest_edge
+    if size is None or spec.crop_height is None or spec.crop_width is None:
+        raise ValueError("the naive baseline implements shortest-edge resize + centre crop only")
     new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     img = img.resize(new, Image.Resampling.BICUBIC)
     ch, cw = spec.crop_height, spec.crop_width
@@ -72,14 +84,17 @@ def _timed(fn: Callable[[], object], duration_s: float, min_calls: int) -> Measu
     return Measurement(calls=len(latencies), elapsed_s=sum(latencies), latencies_s=latencies)
 
 
-def _to_uint8(pixel_values: np.ndarray, spec: Any) -> np.ndarray:
+def _to_uint8(pixel_values: npt.NDArray[Any], spec: PreprocessSpec) -> npt.NDArray[np.uint8]:
     """Undo rescale + normalise: the uint8 HWC pixels a float input was made from."""
     x = np.asarray(pixel_values, dtype=np.float64)[0].transpose(1, 2, 0)
     x = x * np.asarray(spec.std) + np.asarray(spec.mean)
-    return np.clip(np.rint(x / spec.rescale_factor), 0, 255).astype(np.uint8)
+    levels: npt.NDArray[np.uint8] = np.clip(np.rint(x / spec.rescale_factor), 0, 255).astype(
+        np.uint8
+    )
+    return levels
 
 
-def _make_images(ctx: Any) -> list[tuple[str, bytes, str]]:
+def _make_images(ctx: Context) -> list[tuple[str, bytes, str]]:
     from PIL import Image
 
     source = ctx.photos()[0]
@@ -97,11 +112,8 @@ def _make_images(ctx: Any) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def run(ctx: Any) -> None:
+def run(ctx: Context) -> None:
     import onnxruntime as ort
-
-    from tritonvision.client import PreprocessSpec
-    from tritonvision.client._imaging import load_image_pixels, normalize_pixels
 
     spec = PreprocessSpec.clip_default(224)
     processor = _clip_processor()
@@ -113,27 +125,28 @@ def run(ctx: Any) -> None:
         str(encoder.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
 
-    def embed(pixels: np.ndarray) -> np.ndarray:
-        out = session.run(None, {"pixels": pixels[None]})[0][0]
+    def embed(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        out: npt.NDArray[np.float32] = session.run(None, {PIXELS_INPUT: pixels[None]})[0][0]
         return out / np.linalg.norm(out)
 
     from PIL import Image
 
-    def ours(data: bytes) -> np.ndarray:
+    def ours(data: bytes) -> npt.NDArray[np.float32]:
         return normalize_pixels(load_image_pixels(data, spec), spec)
 
-    def hf(data: bytes) -> np.ndarray:
+    def hf(data: bytes) -> npt.NDArray[np.float32]:
         image = Image.open(io.BytesIO(data)).convert("RGB")
-        return processor(images=image, return_tensors="np")["pixel_values"]
+        out: npt.NDArray[np.float32] = processor(images=image, return_tensors="np")["pixel_values"]
+        return out
 
     duration = 0.3 if ctx.quick else 2.0
     least = 2 if ctx.quick else 5
     for size_name, data, dims in _make_images(ctx):
         results = alternate(
             {
-                "ours": lambda d=data: _timed(lambda: ours(d), duration, least),
-                "hf": lambda d=data: _timed(lambda: hf(d), duration, least),
-                "naive": lambda d=data: _timed(lambda: _naive(d, spec), duration, least),
+                "ours": partial(_timed, partial(ours, data), duration, least),
+                "hf": partial(_timed, partial(hf, data), duration, least),
+                "naive": partial(_timed, partial(_naive, data, spec), duration, least),
             },
             ctx.rounds,
         )
@@ -177,3 +190,6 @@ def run(ctx: Any) -> None:
         "scale (JPEG draft mode, keeping >= 2x the 224 px target) and box-reduces before "
         "the bicubic resize; on small images all three do about the same work."
     )
+
+
+SCENARIO = Scenario(NUMBER, TITLE, run)

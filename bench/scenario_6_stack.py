@@ -12,7 +12,6 @@ machine that runs both the client and the server.
 
 from __future__ import annotations
 
-import resource
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Row, Side, fmt_rate
+import numpy.typing as npt
+
+from tritonvision.contract import PIXELS_INPUT
+
+from ._client_internals import load_image_pixels
+from ._context import Context, Scenario
+from ._load import children_cpu_s
+from ._report import Row, Side, fmt_rate
+from ._repos import ServedRepository
+
+__all__ = ["SCENARIO"]
 
 NUMBER = 6
 TITLE = "Stack efficiency: end to end vs bare ONNX Runtime"
@@ -29,12 +38,11 @@ TARGET = 0.7
 ORT_BATCH = 32
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+# (wall s, client or process CPU s, server CPU s) of one run of a side
+Run = tuple[float, float, float]
 
 
-def _folder(ctx: Any, count: int) -> Path:
+def _folder(ctx: Context, count: int) -> Path:
     folder = ctx.workdir / f"folder-{count}"
     if not folder.exists():
         folder.mkdir()
@@ -45,15 +53,7 @@ def _folder(ctx: Any, count: int) -> Path:
     return folder
 
 
-def _cli_available() -> bool:
-    try:
-        import tritonvision.client._cli  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _run_cli(served: Any, model: str, folder: Path, out: Path) -> tuple[float, float, float]:
+def _run_cli(served: ServedRepository, model: str, folder: Path, out: Path) -> Run:
     """Wall seconds, client CPU seconds, server CPU seconds of one ``tritonvision embed``."""
     if out.parent.exists():
         shutil.rmtree(out.parent)
@@ -72,7 +72,7 @@ def _run_cli(served: Any, model: str, folder: Path, out: Path) -> tuple[float, f
         str(out),
         "-qq",
     ]
-    cpu0, server0 = _children_cpu(), served.cpu_seconds()
+    cpu0, server0 = children_cpu_s(), served.cpu_seconds()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     wall = time.perf_counter() - t0
@@ -80,12 +80,10 @@ def _run_cli(served: Any, model: str, folder: Path, out: Path) -> tuple[float, f
         raise RuntimeError(
             f"tritonvision embed exited {proc.returncode}: {(proc.stdout + proc.stderr)[-800:]}"
         )
-    return wall, _children_cpu() - cpu0, served.cpu_seconds() - server0
+    return wall, children_cpu_s() - cpu0, served.cpu_seconds() - server0
 
 
-def _run_library(
-    served: Any, model: str, paths: list[str], out: Path
-) -> tuple[float, float, float]:
+def _run_library(served: ServedRepository, model: str, paths: list[str], out: Path) -> Run:
     from tritonvision.client import VisionClient
 
     cpu0, server0 = time.process_time(), served.cpu_seconds()
@@ -113,18 +111,15 @@ def _ort_session(onnx_path: Path, threads: int) -> Any:
     )
 
 
-def _run_ort(session: Any, pixels: np.ndarray) -> tuple[float, float]:
+def _run_ort(session: Any, pixels: npt.NDArray[np.uint8]) -> tuple[float, float]:
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     for start in range(0, len(pixels), ORT_BATCH):
-        session.run(None, {"pixels": pixels[start : start + ORT_BATCH]})
+        session.run(None, {PIXELS_INPUT: pixels[start : start + ORT_BATCH]})
     return time.perf_counter() - t0, time.process_time() - cpu0
 
 
-def run(ctx: Any) -> None:
-    from tritonvision.client import PreprocessSpec
-    from tritonvision.client._imaging import load_image_pixels
-
+def run(ctx: Context) -> None:
     key = "tiny" if ctx.quick else "b32"
     count = 24 if ctx.quick else 128
     served = ctx.served(key)
@@ -133,7 +128,7 @@ def run(ctx: Any) -> None:
     served.use([model])
     folder = _folder(ctx, count)
     paths = sorted(str(p) for p in folder.iterdir())
-    spec = PreprocessSpec.clip_default(224)
+    spec = repo.preprocessing
     pixels = np.stack([load_image_pixels(Path(p).read_bytes(), spec) for p in paths])
     session = _ort_session(repo.encoder.onnx_path, ctx.cores)
     _run_ort(session, pixels[:ORT_BATCH])  # warm-up: ORT's first run allocates
@@ -143,22 +138,21 @@ def run(ctx: Any) -> None:
         f"instances, {threads} ORT thread(s) in all, dynamic batching 0 us; bare ORT: "
         f"{ctx.cores} intra-op threads, batches of {ORT_BATCH}"
     )
-    sides: dict[str, list[tuple[float, float, float]]] = {"cli": [], "lib": [], "ort": []}
-    use_cli = _cli_available()
+    sides: dict[str, list[Run]] = {"cli": [], "lib": [], "ort": []}
     out_dir = ctx.workdir / "embed-out"
     for r in range(ctx.rounds):
         order = ["cli", "lib", "ort"] if r % 2 == 0 else ["ort", "lib", "cli"]
-        for side in order:
-            if side == "cli" and use_cli:
+        for name in order:
+            if name == "cli":
                 sides["cli"].append(_run_cli(served, model, folder, out_dir / "emb.npy"))
-            elif side == "lib":
+            elif name == "lib":
                 out_dir.mkdir(exist_ok=True)
                 sides["lib"].append(_run_library(served, model, paths, out_dir / "lib.npy"))
-            elif side == "ort":
+            else:
                 wall, cpu = _run_ort(session, pixels)
                 sides["ort"].append((wall, cpu, 0.0))
 
-    def side(label: str, runs: list[tuple[float, float, float]]) -> Side:
+    def make_side(label: str, runs: list[Run]) -> Side:
         wall = sum(x[0] for x in runs)
         images = count * len(runs)
         client_ms = sum(x[1] for x in runs) * 1000 / images
@@ -170,35 +164,27 @@ def run(ctx: Any) -> None:
             detail += f", server {server_ms:.1f} ms"
         return Side(label=label, value=images / wall, unit="img/s", detail=detail)
 
-    ort_side = side("bare ONNX Runtime", sides["ort"])
+    ort_side = make_side("bare ONNX Runtime", sides["ort"])
     model_label = repo.encoder.spec.label
-    target = TARGET if key == "b32" else None
-    if use_cli:
-        ctx.emit(
-            Row(
-                scenario=NUMBER,
-                case="`tritonvision embed` end to end vs bare ONNX Runtime",
-                ours=side("tritonvision embed", sides["cli"]),
-                baseline=ort_side,
-                model=model_label,
-                settings=settings + "; the CLI's wall time includes interpreter start-up",
-                target=target,
-            )
+    ctx.emit(
+        Row(
+            scenario=NUMBER,
+            case="`tritonvision embed` end to end vs bare ONNX Runtime",
+            ours=make_side("tritonvision embed", sides["cli"]),
+            baseline=ort_side,
+            model=model_label,
+            settings=settings + "; the CLI's wall time includes interpreter start-up",
+            target=TARGET if key == "b32" else None,
         )
-    else:
-        ctx.note(
-            "`tritonvision embed` is not available in this checkout: measured the "
-            "library path only."
-        )
+    )
     ctx.emit(
         Row(
             scenario=NUMBER,
             case="VisionClient.batch_embed_images + np.save vs bare ONNX Runtime",
-            ours=side("batch_embed_images", sides["lib"]),
+            ours=make_side("batch_embed_images", sides["lib"]),
             baseline=ort_side,
             model=model_label,
             settings=settings + "; in-process, no interpreter start-up",
-            target=None if use_cli else target,
         )
     )
     lib = sides["lib"]
@@ -216,3 +202,6 @@ def run(ctx: Any) -> None:
             "Quick mode uses the tiny encoder, whose inference costs ~nothing: the ratio "
             "then only says how much the stack's fixed costs weigh, not how efficient it is."
         )
+
+
+SCENARIO = Scenario(NUMBER, TITLE, run)
