@@ -1,5 +1,12 @@
 """The embedded local Triton: the real ``tritonserver`` from PyPI's nvidia-pytriton wheel.
 
+Modules: ``_binary`` finds the wheel's server; ``_runtime_repo`` derives the CPU runtime
+repository; ``_server`` is :class:`LocalTriton`; ``_watchdog`` stops the server when its
+owner dies; ``_workdir`` owns the work dir and removes dead servers' leftovers;
+``_preflight`` checks the environment before start and warms each model up after;
+``backends/`` holds the python-backend models Triton loads. The CLI is
+``tritonvision/cli/serve.py``.
+
 Example::
 
     from tritonvision.serve import LocalTriton
@@ -9,8 +16,10 @@ Example::
 """
 
 from ._binary import TritonBinaryNotFound, TritonDistribution, find_triton
+from ._errors import ServeError
+from ._preflight import check_stub_environment
 from ._runtime_repo import RepositoryError, RuntimeRepository, derive_runtime_repository
-from ._server import DEFAULT_PORTS, LocalTriton, ServeError, ServerPorts, free_port
+from ._server import DEFAULT_PORTS, LocalTriton, ServerPorts, free_port
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -21,6 +30,7 @@ __all__ = [
     "ServerPorts",
     "TritonBinaryNotFound",
     "TritonDistribution",
+    "check_stub_environment",
     "derive_runtime_repository",
     "find_triton",
     "free_port",

@@ -20,6 +20,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from tritonvision.contract import PARAM_ONNX_FILE, PARAM_ORT_THREADS
+
 __all__ = [
     "DEFAULT_CPU_INSTANCES",
     "DEFAULT_CPU_QUEUE_DELAY_US",
@@ -30,8 +32,6 @@ __all__ = [
     "read_model_config",
 ]
 
-ONNX_FILE_PARAMETER = "tritonvision.onnx_file"
-ORT_THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
 # Two python-backend instances on a CPU box: one computes while the other moves tensors
 # through shared memory, and Triton 2.51's batcher stalls ~500 ms now and then with a
 # single instance (bench scenario 3 counts the stalls). Cores are split between them.
@@ -70,7 +70,7 @@ def read_model_config(config_path: Path) -> mc.ModelConfig:
 
 
 def _is_onnxruntime(config: mc.ModelConfig) -> bool:
-    return config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime"
+    return bool(config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime")
 
 
 def _to_python_backend(
@@ -92,13 +92,13 @@ def _to_python_backend(
         new.CopyFrom(group)
         new.kind = mc.ModelInstanceGroup.KIND_CPU
         new.ClearField("gpus")
-    cpu.parameters[ONNX_FILE_PARAMETER].string_value = onnx_name
+    cpu.parameters[PARAM_ONNX_FILE].string_value = onnx_name
     if queue_delay_us is not None and cpu.HasField("dynamic_batching"):
         cpu.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
-    if ORT_THREADS_PARAMETER not in cpu.parameters:
+    if PARAM_ORT_THREADS not in cpu.parameters:
         instances = sum(max(1, g.count) for g in cpu.instance_group)
         threads = max(1, (os.cpu_count() or 1) // instances)
-        cpu.parameters[ORT_THREADS_PARAMETER].string_value = str(threads)
+        cpu.parameters[PARAM_ORT_THREADS].string_value = str(threads)
     return cpu
 
 

@@ -1,9 +1,11 @@
 """Run the real Triton Inference Server on this machine, no Docker.
 
 :class:`LocalTriton` derives the CPU runtime repository, starts the wheel's
-``tritonserver`` in its own process group, waits for ``/v2/health/ready`` and stops it
-(and every python-backend stub it spawned) on ``stop()``. Start-up failures come back
-as :class:`ServeError` carrying Triton's own reason.
+``tritonserver`` behind a watchdog (:mod:`._watchdog`) and waits for ``/v2/health/ready``,
+then proves each model answers (:func:`._preflight.warm_up`). ``stop()`` stops it with every
+python-backend stub it spawned and removes its work dir (:mod:`._workdir`); so does the
+watchdog when the owner process dies without calling ``stop()``, even by SIGKILL.
+Start-up failures come back as :class:`ServeError` carrying Triton's own reason.
 """
 
 from __future__ import annotations
@@ -13,10 +15,8 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,12 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from . import _watchdog
 from ._binary import find_triton
+from ._errors import ServeError
+from ._preflight import check_stub_environment, restricted_api_headers, warm_up
 from ._runtime_repo import (
     DEFAULT_CPU_INSTANCES,
     DEFAULT_CPU_QUEUE_DELAY_US,
     derive_runtime_repository,
 )
+from ._workdir import OWNER_FILE, claim_workdir, create_workdir, remove_dead_leftovers
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -42,9 +46,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
-class ServeError(RuntimeError):
-    """The local Triton could not be started or failed while starting."""
+# Triton's own grace for in-flight requests (--exit-timeout-secs) plus time to unload.
+_EXIT_TIMEOUT_S = 10
+_STOP_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ DEFAULT_PORTS = ServerPorts()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for tests and ``--http-port 0``)."""
+    """A TCP port that was free a moment ago (for tests)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -78,9 +82,10 @@ def stub_shm_regions(server_pid: int) -> list[Path]:
     """Shared-memory files of the python-backend stubs in a server's process group.
 
     A stub removes its region when it exits cleanly; after a SIGKILL the file stays in
-    /dev/shm (about 1 MB each), so :meth:`LocalTriton.stop` collects the names first.
+    /dev/shm (about 1 MB each). :class:`LocalTriton` removes its own by name prefix; this
+    finds the regions of any server by its process group.
     """
-    regions = []
+    regions: list[Path] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -91,7 +96,7 @@ def stub_shm_regions(server_pid: int) -> list[Path]:
         except (OSError, ProcessLookupError):
             continue
         regions.extend(
-            Path("/dev/shm") / arg.decode()
+            _watchdog.SHM_DIR / arg.decode()
             for arg in args
             if arg.startswith(b"triton_python_backend_shm_region")
         )
@@ -108,6 +113,12 @@ class LocalTriton:
 
         with LocalTriton("model_repository") as server:
             print(server.http_url)   # http://127.0.0.1:8000
+
+    The server never outlives this process: it runs behind a watchdog that stops it, with
+    its stubs, and removes the work dir when this process exits without ``stop()``.
+    ``log_path`` keeps Triton's log at a path of your choice; by default it lives in the
+    work dir and goes with it (a ``workdir`` you give is yours: only what the server made
+    in it is removed, the log stays). ``warm_up=False`` skips the warm-up inferences.
     """
 
     def __init__(
@@ -117,10 +128,12 @@ class LocalTriton:
         ports: ServerPorts = DEFAULT_PORTS,
         host: str = "127.0.0.1",
         workdir: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None,
         log_verbose: int = 0,
         extra_args: tuple[str, ...] = (),
         cpu_instances: int | None = DEFAULT_CPU_INSTANCES,
         queue_delay_us: int | None = DEFAULT_CPU_QUEUE_DELAY_US,
+        warm_up: bool = True,
     ) -> None:
         self.repository = Path(repository)
         self.ports = ports
@@ -129,10 +142,16 @@ class LocalTriton:
         self.extra_args = extra_args
         self.cpu_instances = cpu_instances
         self.queue_delay_us = queue_delay_us
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tritonvision-serve-"))
-        self.log_path = self.workdir / "tritonserver.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._warm_up = warm_up
+        self._given_workdir = Path(workdir) if workdir is not None else None
+        self._given_log_path = Path(log_path) if log_path is not None else None
+        self.workdir: Path | None = self._given_workdir
+        """The work dir, once started (a fresh ``tritonvision-serve-*`` temp dir by default)."""
+        self.log_path: Path | None = self._given_log_path
+        """Triton's log, once started."""
+        self._supervised: _watchdog.Supervised | None = None
+        self._shm_prefix = ""
+        self._created: list[Path] = []
 
     @property
     def http_url(self) -> str:
@@ -148,21 +167,29 @@ class LocalTriton:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        """``tritonserver``'s pid, which is also its process group id (the stubs' group)."""
+        return self._supervised.pid if self._supervised is not None else None
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._supervised is not None and self._supervised.exit_code() is None
 
     def log_text(self) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
     def start(self, ready_timeout_s: float = 180.0) -> LocalTriton:
-        """Start the server and wait until it is ready; raise :class:`ServeError` on failure."""
-        if self._process is not None:
+        """Start the server and wait until it is ready; raise :class:`ServeError` on failure.
+
+        Refuses at once when a port is taken or the environment cannot run the python
+        backend (:func:`._preflight.check_stub_environment`); with ``warm_up`` each model
+        must answer one inference with the declared output shapes before this returns.
+        """
+        if self._supervised is not None:
             raise ServeError("server already started")
         for name, port in (
             ("HTTP", self.ports.http),
@@ -175,17 +202,36 @@ class LocalTriton:
                     f"pick another with --{name.lower()}-port"
                 )
         dist = find_triton()
-        runtime = derive_runtime_repository(
-            self.repository,
-            self.workdir / "runtime_repository",
-            cpu_instances=self.cpu_instances,
-            queue_delay_us=self.queue_delay_us,
-        )
+        check_stub_environment()
+        for leftover in remove_dead_leftovers():
+            logger.info("removed %s, left by a server that is no longer running", leftover)
+        if self._given_workdir is None:
+            workdir, record = create_workdir()
+            self._created = [workdir]
+        else:
+            workdir = self._given_workdir
+            workdir.mkdir(parents=True, exist_ok=True)
+            record = claim_workdir(workdir)
+            self._created = [workdir / name for name in ("runtime_repository", "tmp", OWNER_FILE)]
+        self.workdir = workdir
+        self._shm_prefix = record.shm_prefix
+        self.log_path = self._given_log_path or workdir / "tritonserver.log"
+        try:
+            runtime = derive_runtime_repository(
+                self.repository,
+                workdir / "runtime_repository",
+                cpu_instances=self.cpu_instances,
+                queue_delay_us=self.queue_delay_us,
+            )
+        except BaseException:
+            _watchdog.remove_paths(self._created)
+            raise
         logger.info("runtime repository %s: models %s", runtime.path, ", ".join(runtime.models))
         cmd = [
             str(dist.binary),
             f"--model-repository={runtime.path}",
             f"--backend-directory={dist.backend_dir}",
+            f"--backend-config=python,shm-region-prefix-name={record.shm_prefix}",
             f"--http-address={self.host}",
             f"--http-port={self.ports.http}",
             f"--grpc-address={self.host}",
@@ -195,33 +241,49 @@ class LocalTriton:
             "--allow-gpu-metrics=false",
             "--allow-cpu-metrics=true",
             f"--log-verbose={self.log_verbose}",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={_EXIT_TIMEOUT_S}",
             *self.extra_args,
         ]
-        log_file = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
-        self._log_file = log_file
-        # Own process group: stop() can reach the python-backend stubs too.
-        self._process = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=dist.environment(),
-            start_new_session=True,
-        )
+        env = dist.environment()
+        # What the server's processes put in the temp dir (ONNX Runtime writes a file there)
+        # lives and goes with the work dir.
+        tmp = workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(tmp)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.log_path, "wb") as log:
+                self._supervised = _watchdog.Supervised.start(
+                    cmd,
+                    log=log,
+                    env=env,
+                    shm_prefix=record.shm_prefix,
+                    remove=self._created,
+                    grace_s=_STOP_GRACE_S,
+                )
+        except _watchdog.SupervisorError as exc:
+            reason = self._failure_reason()
+            _watchdog.remove_paths(self._created)
+            raise ServeError(f"tritonserver could not be started: {exc}\n{reason}") from None
+        except BaseException:
+            _watchdog.remove_paths(self._created)
+            raise
         try:
             self._wait_ready(ready_timeout_s)
+            if self._warm_up:
+                headers = restricted_api_headers(self.extra_args)
+                warmed = warm_up(self.http_url, runtime.models, headers=headers)
+                logger.info("warm-up inference answered by %s", ", ".join(warmed) or "no model")
         except BaseException:
             self.stop()
             raise
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
-        assert self._process is not None
         deadline = time.monotonic() + timeout_s
         url = f"{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
-            code = self._process.poll()
+            code = self._supervised.exit_code() if self._supervised else None
             if code is not None:
                 reason = self._failure_reason()
                 raise ServeError(f"tritonserver exited with code {code} while starting:\n{reason}")
@@ -235,6 +297,10 @@ class LocalTriton:
         raise ServeError(
             f"tritonserver was not ready after {timeout_s:.0f}s:\n{self._failure_reason()}"
         )
+
+    def failure_reason(self) -> str:
+        """Triton's error lines and the models that are not ready: why it failed."""
+        return self._failure_reason()
 
     def _failure_reason(self) -> str:
         lines = [ln for ln in self.log_text().splitlines() if _ERROR_LINE.search(ln)]
@@ -258,28 +324,22 @@ class LocalTriton:
         bad = [m for m in index if m.get("state") != "READY"]
         return "\n".join(f"model {m['name']}: {m.get('state')} {m.get('reason', '')}" for m in bad)
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the server and its python-backend stubs. Safe to call twice."""
-        process, self._process = self._process, None
-        if process is not None:
-            regions = stub_shm_regions(process.pid)
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    process.wait(timeout=5)
-            # Stubs exit when their parent goes, but not at once: don't leave them orphaned.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            for region in regions:  # already gone after a clean exit
-                region.unlink(missing_ok=True)
-        if self._log_file is not None:
-            self._log_file.close()  # type: ignore[attr-defined]
-            self._log_file = None
+    def stop(self, timeout_s: float = _STOP_GRACE_S) -> None:
+        """Stop the server and its python-backend stubs, remove the work dir. Safe twice.
+
+        The watchdog sends SIGTERM, gives Triton its grace, then SIGKILLs the process
+        group; we wait ``timeout_s`` beyond that grace before doing its job ourselves.
+        """
+        supervised, self._supervised = self._supervised, None
+        if supervised is None:
+            return
+        try:
+            supervised.stop(timeout_s=_STOP_GRACE_S + timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("the serve watchdog did not stop in time; killed the server")
+        # Already done by the watchdog, unless it hung or was killed itself.
+        _watchdog.unlink_shm_regions(self._shm_prefix)
+        _watchdog.remove_paths(self._created)
 
     def __enter__(self) -> LocalTriton:
         return self.start()

@@ -177,3 +177,19 @@ def test_dynamic_batching_merges_concurrent_single_requests(triton):
         f"dynamic batching: {inferences} requests in {executions} executions "
         f"(ratio {inferences / executions:.2f})"
     )
+
+
+def test_warm_up_makes_up_inputs_for_the_encoder_the_preprocess_model_and_the_ensemble(triton):
+    from tritonvision.contract import preprocess_name
+    from tritonvision.serve._preflight import warm_up
+
+    models = [triton.model, preprocess_name(triton.model), triton.images_model]
+    assert warm_up(triton.http_url, models) == models
+
+
+def test_warm_up_fails_naming_a_model_that_is_not_served(triton):
+    from tritonvision.serve import ServeError
+    from tritonvision.serve._preflight import warm_up
+
+    with pytest.raises(ServeError, match="model 'no_such_model'"):
+        warm_up(triton.http_url, [triton.model, "no_such_model"])

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
-ONNX_FILE_PARAMETER = "tritonvision.onnx_file"
-THREADS_PARAMETER = "tritonvision.ort_intra_op_threads"
+from tritonvision.contract import PARAM_ONNX_FILE, PARAM_ORT_THREADS
 
 _NP_FROM_TRITON = {
     "TYPE_UINT8": np.uint8,
@@ -41,11 +41,11 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         self.model_name = config["name"]
-        onnx_name = _parameter(config, ONNX_FILE_PARAMETER, "model.onnx")
+        onnx_name = _parameter(config, PARAM_ONNX_FILE, "model.onnx")
         path = Path(args["model_repository"]) / args["model_version"] / onnx_name
         # The environment (an operator's explicit choice) wins over the derived config value.
         threads = os.environ.get("TRITONVISION_ORT_THREADS") or _parameter(
-            config, THREADS_PARAMETER
+            config, PARAM_ORT_THREADS
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
@@ -62,7 +62,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         counts: list[int] = []
-        feeds: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.inputs}
+        feeds: dict[str, list[npt.NDArray[Any]]] = {name: [] for name, _ in self.inputs}
         for request in requests:
             for name, dtype in self.inputs:
                 array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()

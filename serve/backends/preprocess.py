@@ -18,14 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
 from tritonvision.client._imaging import load_image_pixels
-from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS, PreprocessSpec
+from tritonvision.contract import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGES_INPUT,
+    PARAM_MAX_IMAGE_PIXELS,
+    PARAM_PREPROCESSING,
+    PIXELS_INPUT,
+    PreprocessSpec,
+)
 from tritonvision.errors import TritonVisionError
-
-SPEC_PARAMETER = "tritonvision.preprocessing"
-MAX_PIXELS_PARAMETER = "tritonvision.max_image_pixels"
 
 
 class TritonPythonModel:
@@ -34,18 +39,18 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         self.model_name = config["name"]
         try:
-            spec_json = parameters[SPEC_PARAMETER]["string_value"]
+            spec_json = parameters[PARAM_PREPROCESSING]["string_value"]
         except KeyError as exc:
             raise pb_utils.TritonModelException(
-                f"{self.model_name}: config parameter '{SPEC_PARAMETER}' is missing"
+                f"{self.model_name}: config parameter '{PARAM_PREPROCESSING}' is missing"
             ) from exc
         self.spec = PreprocessSpec.from_json(spec_json)
-        max_pixels = parameters.get(MAX_PIXELS_PARAMETER, {}).get("string_value", "")
+        max_pixels = parameters.get(PARAM_MAX_IMAGE_PIXELS, {}).get("string_value", "")
         self.max_pixels = int(max_pixels) if max_pixels else DEFAULT_MAX_IMAGE_PIXELS
         # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
-    def _decode(self, item: tuple[int, bytes]) -> np.ndarray:
+    def _decode(self, item: tuple[int, bytes]) -> npt.NDArray[np.uint8]:
         index, data = item
         return load_image_pixels(
             data, self.spec, source=f"images[{index}]", max_pixels=self.max_pixels
@@ -54,7 +59,7 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
+            images = pb_utils.get_input_tensor_by_name(request, IMAGES_INPUT).as_numpy()
             items = [(i, bytes(row.reshape(-1)[0])) for i, row in enumerate(images)]
             try:
                 pixels = np.stack(list(self.pool.map(self._decode, items)))
@@ -69,7 +74,7 @@ class TritonPythonModel:
                 message = f"{self.model_name}: cannot preprocess image: {type(exc).__name__}: {exc}"
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
                 continue
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("pixels", pixels)]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(PIXELS_INPUT, pixels)]))
         return responses
 
     def finalize(self) -> None:
