@@ -4,7 +4,8 @@ Every comparison is measured side by side in the same run, alternating the two s
 round by round (:func:`alternate`) so that drift in the machine's other load hits both.
 :func:`run_threads` drives blocking calls from N caller threads, :func:`run_tasks` drives
 coroutines from N tasks; both return a :class:`Measurement`. :func:`measure_client_embed`
-is the one load our client puts on a served model in scenarios 2 and 3.
+is the one load our client puts on a served model in scenarios 2 and 3, with the client's
+coalescing of concurrent calls on or off.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "children_cpu_s",
     "cpu_seconds_of_group",
     "measure_client_embed",
+    "median_latency_side",
     "run_tasks",
     "run_threads",
     "side_from",
@@ -220,14 +222,30 @@ async def run_tasks(
     )
 
 
-def alternate(runners: dict[str, Callable[[], Measurement]], rounds: int) -> dict[str, Measurement]:
-    """Run each side once per round, in alternating order, and merge each side's rounds."""
+def alternate(
+    runners: dict[str, Callable[[], Measurement]],
+    rounds: int,
+    *,
+    once: dict[str, Callable[[], Measurement]] | None = None,
+) -> dict[str, Measurement]:
+    """Run each side once per round, in alternating order, and merge each side's rounds.
+
+    ``once``: sides measured a single time, between the first half of the rounds and the
+    second (a baseline that averages its own windows, such as perf_analyzer), so with two
+    rounds the order is ``a b | once | b a``.
+    """
     parts: dict[str, list[Measurement]] = {name: [] for name in runners}
+    single: dict[str, Measurement] = {}
     names = list(runners)
+    middle = (rounds + 1) // 2
     for r in range(rounds):
+        if r == middle and once:
+            single = {name: run() for name, run in once.items()}
         for name in names if r % 2 == 0 else reversed(names):
             parts[name].append(runners[name]())
-    return {name: Measurement.merge(p) for name, p in parts.items()}
+    if once and not single:
+        single = {name: run() for name, run in once.items()}
+    return {**{name: Measurement.merge(p) for name, p in parts.items()}, **single}
 
 
 def side_from(label: str, m: Measurement, *, unit: str = "img/s", detail: str = "") -> Side:
@@ -242,20 +260,42 @@ def side_from(label: str, m: Measurement, *, unit: str = "img/s", detail: str = 
     )
 
 
+def median_latency_side(label: str, m: Measurement, *, detail: str = "") -> Side:
+    """A report side whose rate is ``1000 / p50 ms``: a ratio of two such sides is the
+    inverse ratio of their median latencies (higher is better, like every other row)."""
+    p50 = m.percentile_ms(50)
+    return Side(
+        label=label,
+        value=1000.0 / p50 if p50 else 0.0,
+        unit="/s (1000 / p50 ms)",
+        p50_ms=p50,
+        p99_ms=m.percentile_ms(99),
+        detail=detail,
+    )
+
+
 def measure_client_embed(
     url: str,
     model: str,
     concurrency: int,
     duration_s: float,
     server_cpu_s: Callable[[], float],
+    *,
+    coalesce: bool = False,
 ) -> Measurement:
-    """``AsyncVisionClient.embed`` of pre-made random uint8 pixels from N tasks, one image
-    per request (so any batching is the server's); CPU per request on both sides in
-    ``extra`` (``client_cpu_ms``, ``server_cpu_ms``)."""
-    from tritonvision.client import AsyncVisionClient
+    """``AsyncVisionClient.embed`` of pre-made random uint8 pixels from N tasks; CPU per
+    call on both sides in ``extra`` (``client_cpu_ms``, ``server_cpu_ms``).
+
+    ``coalesce=False``: one image per request, so any batching is the server's.
+    ``coalesce=True`` (the client's default): calls made while requests are out go
+    together as one request (``ClientConfig.coalesce``); ``extra["images_per_request"]``
+    says how many went per request on average.
+    """
+    from tritonvision.client import AsyncVisionClient, ClientConfig
 
     async def go() -> Measurement:
-        async with AsyncVisionClient(url, model) as client:
+        config = ClientConfig(coalesce=coalesce)
+        async with AsyncVisionClient(url, model, config=config) as client:
             info = await client.model_info()
             rng = np.random.default_rng(0)
             arrays = [
@@ -269,10 +309,12 @@ def measure_client_embed(
                 await client.embed(arrays[counter[0] % len(arrays)])
 
             cpu0, server0 = time.process_time(), server_cpu_s()
+            requests0 = client.stats().requests
             m = await run_tasks(call, concurrency=concurrency, duration_s=duration_s)
             done = max(1, counter[0])
             m.extra["client_cpu_ms"] = (time.process_time() - cpu0) * 1000 / done
             m.extra["server_cpu_ms"] = (server_cpu_s() - server0) * 1000 / done
+            m.extra["images_per_request"] = done / max(1, client.stats().requests - requests0)
             return m
 
     return asyncio.run(go())
