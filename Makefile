@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e '.[export,serve,embed,deploy,dev]'
+	$(PY) -m pip install --quiet -e '.[export,serve,embed,deploy,ray,dev]'
 	touch $(STAMP)
 
 ## Export the default encoder, start the local Triton, embed sample images, print, stop.

@@ -28,6 +28,7 @@ from . import (
     scenario_4_transports,
     scenario_5_preprocess,
     scenario_6_stack,
+    scenario_7_ray,
 )
 from ._context import Context, Scenario
 from ._machine import LoadProbe, MachineLoad, machine_info
@@ -45,6 +46,7 @@ SCENARIOS: dict[int, Scenario] = {
         scenario_4_transports.SCENARIO,
         scenario_5_preprocess.SCENARIO,
         scenario_6_stack.SCENARIO,
+        scenario_7_ray.SCENARIO,
     )
 }
 
