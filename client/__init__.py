@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from tritonvision.contract import PreprocessSpec
 from tritonvision.errors import (
+    AuthenticationError,
     BatchError,
     BlockedAddress,
     ClientClosed,
@@ -57,7 +58,7 @@ from tritonvision.errors import (
 )
 
 from ._async_client import AsyncVisionClient, ClientState
-from ._config import ClientConfig
+from ._config import ClientConfig, parse_header
 from ._fetch import FetchConfig
 from ._model_info import ModelInfo
 from ._results import BatchEmbedding
@@ -67,6 +68,7 @@ from ._sync_client import PendingBatchEmbedding, PendingEmbedding, PendingModelI
 
 __all__ = [
     "AsyncVisionClient",
+    "AuthenticationError",
     "BatchEmbedding",
     "BatchError",
     "BlockedAddress",
@@ -98,4 +100,5 @@ __all__ = [
     "ServerUnavailable",
     "TritonVisionError",
     "VisionClient",
+    "parse_header",
 ]

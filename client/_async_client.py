@@ -9,9 +9,9 @@ its event loop inside a coroutine and registered on one ``AsyncExitStack``:
 
 This class is the lifecycle and the public methods; the work is done by small modules:
 ``_inputs`` (what each entry point accepts, source -> pixels), ``_model_info`` (the model
-config, checked and cached), ``_pipeline`` (batches), ``_retry`` (backoff) and
-``_transports`` (the wire). ``VisionClient`` (the blocking face) runs this class on its
-background loop and holds no logic of its own.
+config, checked and cached), ``_pipeline`` (batches), ``_coalesce`` (concurrent single calls
+merged while busy), ``_retry`` (backoff) and ``_transports`` (the wire). ``VisionClient``
+(the blocking face) runs this class on its background loop and holds no logic of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -34,8 +34,10 @@ import numpy.typing as npt
 from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec
 from tritonvision.errors import ClientClosed, InvalidInput, RuntimeUnavailable
 
+from ._coalesce import Coalescer, coalesced_batch_size
 from ._config import ClientConfig
 from ._fetch import PolicyResolver
+from ._gate import OverloadGate
 from ._inputs import (
     Expect,
     PixelLoader,
@@ -76,8 +78,10 @@ class AsyncVisionClient:
     :meth:`close`; the client opens itself on first use and binds to that event loop.
 
     Settings come from ``config`` (a :class:`ClientConfig`); the keyword arguments
-    override the matching fields. ``preprocessing`` overrides the spec the model
-    publishes (required for models that publish none).
+    override the matching fields (``headers`` go to Triton only, never to image URLs;
+    ``allow_local_files=False`` refuses path sources: see ``SECURITY.md``).
+    ``preprocessing`` overrides the spec the model publishes (required for models that
+    publish none).
     """
 
     def __init__(
@@ -93,6 +97,8 @@ class AsyncVisionClient:
         pack_batch_size: int | None = None,
         decode_workers: int | None = None,
         allow_private_addresses: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_local_files: bool | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             "request_timeout_s": request_timeout_s,
@@ -100,6 +106,8 @@ class AsyncVisionClient:
             "pack_batch_size": pack_batch_size,
             "decode_workers": decode_workers,
             "allow_private_addresses": allow_private_addresses,
+            "headers": headers,
+            "allow_local_files": allow_local_files,
         }
         base = config if config is not None else ClientConfig()
         self._config = cfg = base.replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -109,7 +117,9 @@ class AsyncVisionClient:
         self._model = model
         self._model_version = model_version
         self._preprocessing = preprocessing
-        self._transport: Transport = make_transport(url, connect_timeout_s=cfg.connect_timeout_s)
+        self._transport: Transport = make_transport(
+            url, connect_timeout_s=cfg.connect_timeout_s, headers=cfg.headers
+        )
         self._stats = StatsRecorder()
         policy = RetryPolicy(
             max_retries=cfg.max_retries,
@@ -118,6 +128,16 @@ class AsyncVisionClient:
             backoff_max_s=cfg.backoff_max_s,
         )
         self._retrier = Retrier(policy, on_retry=self._stats.retry)
+        # One gate for every inference send of this client (None: per-request backoff).
+        self._gate = (
+            OverloadGate(
+                max_window=cfg.max_in_flight,
+                backoff_base_s=cfg.backoff_base_s,
+                backoff_max_s=cfg.backoff_max_s,
+            )
+            if cfg.overload_gate
+            else None
+        )
         self._models = ModelInfoCache(self._load_model_info)
         self._state = ClientState.UNOPENED
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -130,6 +150,7 @@ class AsyncVisionClient:
         self._active = 0
         self._idle: asyncio.Event | None = None
         self._close_task: asyncio.Future[None] | None = None
+        self._coalescer: Coalescer | None = None
 
     def __repr__(self) -> str:
         return (
@@ -253,6 +274,8 @@ class AsyncVisionClient:
     async def _drain_and_release(self) -> None:
         assert self._idle is not None
         await self._idle.wait()
+        if self._coalescer is not None:  # its callers are drained: this stops its dispatcher
+            await self._coalescer.aclose()
         self._models.cancel_all()
         stack, self._stack = self._stack, None
         if stack is not None:
@@ -338,15 +361,41 @@ class AsyncVisionClient:
                 info = await self._models.get(self._model, self._model_version)
                 assert self._loader is not None and self._slots is not None
                 pixels = await self._loader.pixels(source, info.preprocessing, kind)
-                async with self._slots:
-                    rows = await self._infer(info, [pixels])
+                coalescer = self._coalescer_for(info)
+                if coalescer is not None:
+                    row = await coalescer.embed(pixels)
+                else:
+                    async with self._slots:
+                        row = (await self._infer(info, [pixels]))[0]
             except Exception as exc:
                 self._stats.failed(exc)
                 attach_source(exc, source)
                 raise
             self._stats.succeeded(1)
-            row: npt.NDArray[np.float32] = rows[0]
             return row
+
+    def _coalescer_for(self, info: ModelInfo) -> Coalescer | None:
+        """The client's coalescer of single calls (made on first use), or None if off."""
+        if self._coalescer is not None:
+            return self._coalescer
+        cfg = self._config
+        max_batch = coalesced_batch_size(
+            enabled=cfg.coalesce,
+            max_batch=cfg.coalesce_max_batch,
+            model_max_batch_size=info.max_batch_size,
+            item_bytes=info.item_bytes,
+            max_request_bytes=cfg.max_request_bytes,
+        )
+        if max_batch < 2:
+            return None
+        assert self._slots is not None
+        self._coalescer = Coalescer(
+            infer=lambda images: self._infer(info, images),
+            slots=self._slots,
+            max_batch=max_batch,
+            open_requests=cfg.coalesce_open_requests,
+        )
+        return self._coalescer
 
     async def batch_embed_images(self, sources: Iterable[ImageSource]) -> BatchEmbedding:
         """Embed many images of any mix of kinds; one bad item never sinks the rest.
@@ -377,6 +426,7 @@ class AsyncVisionClient:
                 lookahead=cfg.lookahead_items,
                 embedding_dim=info.embedding_dim,
                 stats=self._stats,
+                deduplicate=cfg.deduplicate_inputs,
             )
             return await pipeline.run(sources)
 
@@ -406,7 +456,7 @@ class AsyncVisionClient:
                 self._stats.request(bytes_sent=sent, wait_s=time.perf_counter() - started)
             return outcome.outputs[info.output_name]
 
-        return embedding_rows(await self._retrier.call(attempt), count, info)
+        return embedding_rows(await self._retrier.call(attempt, gate=self._gate), count, info)
 
 
 async def _open_resources(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -14,9 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS
-
-# Re-exported for callers that still import it from here; its home is the contract.
-from tritonvision.contract import DEFAULT_MODEL
 from tritonvision.errors import InvalidInput
 
 from ._fetch import FetchConfig
@@ -25,6 +23,7 @@ from ._sources import DEFAULT_MAX_INLINE_BYTES
 __all__ = [
     "DEFAULT_BACKOFF_BASE_S",
     "DEFAULT_BACKOFF_MAX_S",
+    "DEFAULT_COALESCE_OPEN_REQUESTS",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_DECODE_WORKERS",
     "DEFAULT_MAX_IN_FLIGHT",
@@ -35,6 +34,7 @@ __all__ = [
     "DEFAULT_RETRY_BUDGET_S",
     "ENV_PREFIX",
     "ClientConfig",
+    "parse_header",
 ]
 
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -52,8 +52,51 @@ DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # One image per request: Triton's dynamic batcher batches across callers, which keeps
 # latency low and never waits for a pack to fill. Raise it to compare in ``bench/``.
 DEFAULT_PACK_BATCH_SIZE = 1
+# Single calls' requests out at once before more calls queue to be coalesced: one being
+# computed, one on the wire, so Triton does not wait for the client between two requests.
+DEFAULT_COALESCE_OPEN_REQUESTS = 2
 
 ENV_PREFIX = "TRITONVISION_"
+HEADERS_ENV = ENV_PREFIX + "HEADERS"
+"""``Name: value`` lines (one header per line) sent to Triton: how secrets reach the CLI."""
+
+# RFC 9110 field names (tokens); values may not hold CR, LF or NUL (header injection).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+$")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+def parse_header(line: str) -> tuple[str, str]:
+    """``(name, value)`` from one ``Name: value`` line (``--header``, ``TRITONVISION_HEADERS``).
+
+    Raises :class:`InvalidInput` naming the header (never its value: it may be a secret).
+    """
+    name, colon, value = line.partition(":")
+    name = name.strip()
+    if not colon or not name:
+        # The text is not quoted: without a ':' it may be all secret.
+        raise InvalidInput("a header must look like 'Name: value' (no 'Name:' found)")
+    if not _HEADER_NAME.match(name):
+        raise InvalidInput(f"invalid header name {name!r}", source=name)
+    return name, value.strip()
+
+
+def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    seen: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+            raise InvalidInput(f"ClientConfig.headers: invalid header name {name!r}", source=name)
+        if not isinstance(value, str) or _HEADER_VALUE_FORBIDDEN.search(value):
+            raise InvalidInput(
+                f"ClientConfig.headers: the value of {name!r} must be a str without CR, LF or NUL",
+                source=name,
+            )
+        if name.lower() in seen:
+            raise InvalidInput(
+                f"ClientConfig.headers: {seen[name.lower()]!r} and {name!r} are the same header",
+                source=name,
+            )
+        seen[name.lower()] = name
+    return types.MappingProxyType(dict(headers))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +121,27 @@ class ClientConfig:
         max_lookahead_items: most batch items loaded/decoded ahead of completion
             (``None``: ``2 * max_in_flight * pack_batch_size``, at least ``2 * decode_workers``).
         fetch: URL fetching policy and limits (SSRF guard, sizes, timeouts).
+        headers: HTTP headers (gRPC metadata, names lower-cased) sent with every request
+            to Triton, e.g. ``{"Authorization": "Bearer ..."}`` for an authenticating
+            proxy; never sent to image URLs. Left out of ``repr()``.
+        allow_local_files: whether a path source (a plain string that is not a URL, data
+            URI or base64 image, or an ``os.PathLike``) may be read. ``False``: every path
+            is an :class:`InvalidInput` and the file system is not touched.
+        local_files_root: if set, paths must resolve (symlinks and ``..`` first) inside
+            this directory; others are :class:`InvalidInput`.
+        overload_gate: treat "Triton is full" (:class:`ServerOverloaded`) as a client-wide
+            signal: new sends wait (jittered backoff) and fewer are let in while in-flight
+            work drains (``_gate.OverloadGate``). ``False``: each request backs off alone.
+        deduplicate_inputs: in ``batch_embed_images``, identical inputs (the same string
+            or bytes, or the same pixels once decoded) are sent once and fill every row.
+        coalesce: single calls (``embed*()``) made while the client is busy are sent
+            together as one request, each caller still getting its own row or error
+            (``_coalesce.Coalescer``). A call made while the client is idle goes out at
+            once. Models without a batch dimension (``max_batch_size`` 0) never coalesce.
+        coalesce_max_batch: most images in one coalesced request (``None``: the model's
+            ``max_batch_size``; always capped by it and by ``max_request_bytes``).
+        coalesce_open_requests: most requests of single calls out at once while calls
+            wait to be merged; a full batch goes out anyway (within ``max_in_flight``).
     """
 
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
@@ -94,8 +158,24 @@ class ClientConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_lookahead_items: int | None = None
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    headers: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({}), repr=False, hash=False
+    )
+    allow_local_files: bool = True
+    local_files_root: str | os.PathLike[str] | None = None
+    overload_gate: bool = True
+    deduplicate_inputs: bool = True
+    coalesce: bool = True
+    coalesce_max_batch: int | None = None
+    coalesce_open_requests: int = DEFAULT_COALESCE_OPEN_REQUESTS
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _checked_headers(self.headers))
+        if self.local_files_root is not None:
+            root = os.fspath(self.local_files_root)
+            if not root:
+                raise InvalidInput("ClientConfig.local_files_root must be a directory or None")
+            object.__setattr__(self, "local_files_root", root)
         positive = (
             "request_timeout_s",
             "connect_timeout_s",
@@ -105,6 +185,7 @@ class ClientConfig:
             "max_image_pixels",
             "pack_batch_size",
             "max_request_bytes",
+            "coalesce_open_requests",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -114,6 +195,8 @@ class ClientConfig:
                 raise InvalidInput(f"ClientConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_lookahead_items is not None and self.max_lookahead_items < 1:
             raise InvalidInput("ClientConfig.max_lookahead_items must be >= 1 or None")
+        if self.coalesce_max_batch is not None and self.coalesce_max_batch < 1:
+            raise InvalidInput("ClientConfig.coalesce_max_batch must be >= 1 or None")
 
     @property
     def lookahead_items(self) -> int:
@@ -136,14 +219,16 @@ class ClientConfig:
     ) -> ClientConfig:
         """Settings from ``TRITONVISION_<FIELD>`` variables (e.g. ``TRITONVISION_MAX_IN_FLIGHT``).
 
-        ``TRITONVISION_ALLOW_PRIVATE_ADDRESSES`` sets ``fetch.allow_private_addresses``.
+        ``TRITONVISION_ALLOW_PRIVATE_ADDRESSES`` sets ``fetch.allow_private_addresses``;
+        ``TRITONVISION_HEADERS`` holds ``Name: value`` lines, one header per line (secrets
+        for Triton, e.g. ``Authorization: Bearer ...``).
         Unset variables keep their defaults; unparsable ones raise :class:`InvalidInput`.
         """
         env = os.environ if environ is None else environ
         hints = typing.get_type_hints(cls)
         changes: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name == "fetch":
+            if f.name in ("fetch", "headers"):
                 continue
             raw = env.get(prefix + f.name.upper())
             if raw is None:
@@ -154,6 +239,10 @@ class ClientConfig:
             changes["allow_private_addresses"] = _parse_env(
                 prefix + "ALLOW_PRIVATE_ADDRESSES", raw_allow, bool
             )
+        raw_headers = env.get(HEADERS_ENV)
+        if raw_headers is not None and raw_headers.strip():
+            lines = [line for line in raw_headers.splitlines() if line.strip()]
+            changes["headers"] = dict(parse_header(line) for line in lines)
         return cls().replace(**changes)
 
 
@@ -175,6 +264,8 @@ def _parse_env(name: str, raw: str, hint: object) -> object:
             return int(raw)
         if hint is float:
             return float(raw)
+        if hint is str:
+            return raw
     except ValueError:
         raise InvalidInput(f"environment variable {name}={raw!r} is not a valid {hint}") from None
     raise InvalidInput(f"environment variable {name} cannot be parsed")

@@ -25,6 +25,7 @@ from tritonvision.errors import InvalidInput, TritonVisionError, describe_source
 
 from ._config import ClientConfig
 from ._imaging import prepare_pixels
+from ._local_files import LocalFilePolicy
 from ._sources import ImageSource, SourceKind, classify_source, load_source
 from ._stats import StatsRecorder
 
@@ -138,6 +139,7 @@ class PixelLoader:
         self._executor = executor
         self._config = config
         self._stats = stats
+        self._files = LocalFilePolicy(allow=config.allow_local_files, root=config.local_files_root)
 
     async def pixels(
         self, source: ImageSource, spec: PreprocessSpec, kind: SourceKind | None = None
@@ -146,8 +148,14 @@ class PixelLoader:
         if kind is None:
             kind = classify_source(source)
         started = time.perf_counter()
+        target = source
+        if kind is SourceKind.PATH and isinstance(source, str | os.PathLike):
+            self._files.refuse_early(source)  # before any file system call
+            if self._files.touches_files:
+                loop = asyncio.get_running_loop()
+                target = await loop.run_in_executor(self._executor, self._files.resolve, source)
         raw = await load_source(
-            source,
+            target,
             session=self._session,
             fetch_config=self._config.fetch,
             executor=self._executor,

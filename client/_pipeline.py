@@ -11,7 +11,8 @@ One :class:`BatchPipeline` runs one ``batch_embed_images`` call::
 - *ready*: prepared pixels wait here; the dispatcher takes a request slot first, then
   packs whatever is ready (up to ``pack_size``): while Triton is busy, packs fill;
 - *send*: one inference request per pack; a pack Triton refuses as a whole (a 4xx, not
-  overload) is re-sent item by item in the same slot, so only the bad item fails.
+  overload) is re-sent item by item in the same slot, so only the bad item fails
+  (:func:`infer_or_split`, shared with the coalescer of single calls).
 
 Every item ends with a row or an error, in input order. ``prepare`` and ``infer`` are
 plain callables, so the pipeline is tested alone with fakes.
@@ -28,12 +29,13 @@ import numpy.typing as npt
 
 from tritonvision.errors import ProtocolError, ServerError, ServerOverloaded
 
+from ._dedup import BatchDedup
 from ._inputs import attach_source
 from ._results import BatchEmbedding
 from ._sources import ImageSource
 from ._stats import StatsRecorder
 
-__all__ = ["BatchPipeline", "pack_size"]
+__all__ = ["BatchPipeline", "infer_or_split", "pack_size"]
 
 Pixels = npt.NDArray[np.uint8]
 _Item = tuple[int, ImageSource, Pixels]
@@ -65,8 +67,11 @@ class BatchPipeline:
         lookahead: int,
         embedding_dim: int | None,
         stats: StatsRecorder,
+        deduplicate: bool = False,
     ) -> None:
         self._prepare_one = prepare
+        # Repeats of an earlier item are not loaded (same source) or not sent (same pixels).
+        self._dedup = BatchDedup() if deduplicate else None
         self._infer = infer
         self._slots = slots
         self._pack_size = max(1, pack_size)
@@ -114,6 +119,14 @@ class BatchPipeline:
         return self._result(count)
 
     def _result(self, count: int) -> BatchEmbedding:
+        if self._dedup is not None and len(self._dedup):
+            filled, failed = self._dedup.fill(self._rows, self._errors)
+            self._stats.deduplicated(len(self._dedup))
+            if filled:
+                self._stats.succeeded(filled)
+            for exc in failed:
+                self._stats.failed(exc)
+            self._errors = dict(sorted(self._errors.items()))
         dim = self._embedding_dim
         if dim is None:
             dim = next((len(r) for r in self._rows.values()), 0)
@@ -136,10 +149,17 @@ class BatchPipeline:
         self._stats.failed(exc)
 
     async def _prepare(self, index: int, source: ImageSource) -> None:
+        dedup = self._dedup
+        if dedup is not None and dedup.repeats_source(index, source):
+            self._admitted.release()  # filled from the first occurrence at the end
+            return
         try:
             pixels = await self._prepare_one(source)
         except Exception as exc:
             self._record(index, source, exc, shared=False)
+            self._admitted.release()
+            return
+        if dedup is not None and dedup.repeats_pixels(index, pixels):
             self._admitted.release()
             return
         self._ready.put_nowait((index, source, pixels))
@@ -172,22 +192,38 @@ class BatchPipeline:
 
     async def _send_pack(self, items: list[_Item]) -> None:
         """Send one pack; record a row or an error for each of its items."""
-        shared = len(items) > 1
-        try:
-            embeddings = await self._infer([pixels for _, _, pixels in items])
-        except ServerError as exc:
-            if shared and not isinstance(exc, ServerOverloaded | ProtocolError):
-                # Triton refused the pack: find the culprit(s) one by one, same slot.
-                for item in items:
-                    await self._send_pack([item])
-                return
-            for index, source, _ in items:
-                self._record(index, source, exc, shared=shared)
-            return
-        except Exception as exc:
-            for index, source, _ in items:
-                self._record(index, source, exc, shared=shared)
-            return
-        for (index, _, _), row in zip(items, embeddings, strict=True):
-            self._rows[index] = row
-        self._stats.succeeded(len(items))
+        outcomes = await infer_or_split(self._infer, [pixels for _, _, pixels in items])
+        shared = len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes)
+        succeeded = 0
+        for (index, source, _), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._record(index, source, outcome, shared=shared)
+            else:
+                self._rows[index] = outcome
+                succeeded += 1
+        if succeeded:
+            self._stats.succeeded(succeeded)
+
+
+async def infer_or_split(
+    infer: Callable[[Sequence[Pixels]], Awaitable[npt.NDArray[np.float32]]],
+    images: Sequence[Pixels],
+) -> list[npt.NDArray[np.float32] | Exception]:
+    """Send ``images`` as one request; one outcome per image: its row or its error.
+
+    A request Triton refuses as a whole (a 4xx: not overload, not a malformed answer) is
+    re-sent image by image, in turn, so only the bad image fails. Any other error is about
+    the request, not an image: it is the same exception object for every image.
+    """
+    try:
+        rows = await infer(images)
+    except ServerError as exc:
+        if len(images) > 1 and not isinstance(exc, ServerOverloaded | ProtocolError):
+            outcomes: list[npt.NDArray[np.float32] | Exception] = []
+            for image in images:
+                outcomes.extend(await infer_or_split(infer, [image]))
+            return outcomes
+        return [exc] * len(images)
+    except Exception as exc:
+        return [exc] * len(images)
+    return list(rows)

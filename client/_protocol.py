@@ -30,6 +30,7 @@ import numpy.typing as npt
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from tritonvision.errors import (
+    AuthenticationError,
     ProtocolError,
     RequestTimeout,
     ServerError,
@@ -456,10 +457,21 @@ def classify_server_error(
 
     - queue timeouts (``timeout expired``, 408/504) -> :class:`RequestTimeout`
     - 429/503 and queue-full messages -> :class:`ServerOverloaded` (retried)
+    - 401/403 (a proxy's or Triton's refusal) -> :class:`AuthenticationError` (never retried)
     - anything else -> :class:`ServerError` (never retried)
     """
     lowered = message.lower()
     where = f" (model {model!r})" if model else ""
+    if status in (401, 403):
+        return AuthenticationError(
+            f"authentication failed: Triton refused the request{where}, HTTP {status}: "
+            f"{message} (check the client's headers: ClientConfig.headers, "
+            "TRITONVISION_HEADERS, --header)",
+            source=source,
+            status=status,
+            server_message=message,
+            model=model,
+        )
     if status in (408, 504) or any(m in lowered for m in _TIMEOUT_MARKERS):
         return RequestTimeout(f"Triton timed out the request{where}: {message}", source=source)
     if status in (429, 503) or any(m in lowered for m in _OVERLOAD_MARKERS):

@@ -6,6 +6,10 @@ The delay before retry ``n`` (1-based) is ``uniform(0, min(backoff_max_s, backof
 2**(n - 1)))`` (AWS's "full jitter"); a retry whose delay would end past ``retry_budget_s``
 is not attempted.
 
+With an :class:`~._gate.OverloadGate` (``call(op, gate=...)``), every attempt passes
+through the client's one gate, and a :class:`ServerOverloaded` attempt is retried without
+a backoff of its own: the gate holds it with every other send until Triton has room.
+
 The clock, the sleep and the jitter come through :class:`Retrier`'s keyword arguments, so
 the schedule is tested without Triton and without waiting.
 """
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tritonvision.errors import ServerOverloaded, ServerUnavailable
+
+from ._gate import OverloadGate
 
 __all__ = ["RETRIED_ERRORS", "Retrier", "RetryPolicy"]
 
@@ -68,17 +74,24 @@ class Retrier:
         self._sleep = sleep
         self._jitter = jitter
 
-    async def call(self, op: Callable[[], Awaitable[T]]) -> T:
-        """``await op()``, retried on :data:`RETRIED_ERRORS`; the last error is raised."""
+    async def call(self, op: Callable[[], Awaitable[T]], *, gate: OverloadGate | None = None) -> T:
+        """``await op()``, retried on :data:`RETRIED_ERRORS`; the last error is raised.
+
+        With ``gate``, each attempt is admitted by it, and overload is backed off there.
+        """
         policy = self.policy
         started = self._clock()
         retry = 0
         while True:
             try:
-                return await op()
+                if gate is None:
+                    return await op()
+                async with gate.admit():
+                    return await op()
             except RETRIED_ERRORS as exc:
                 retry += 1
-                delay = self._jitter(0.0, policy.ceiling_s(retry))
+                held = gate is not None and isinstance(exc, ServerOverloaded)
+                delay = 0.0 if held else self._jitter(0.0, policy.ceiling_s(retry))
                 spent = self._clock() - started
                 if retry > policy.max_retries or spent + delay > policy.retry_budget_s:
                     if retry > 1:
@@ -87,4 +100,5 @@ class Retrier:
                 if self._on_retry is not None:
                     self._on_retry()
                 logger.debug("retry %d in %.3f s after %s", retry, delay, exc)
-                await self._sleep(delay)
+                if not held:
+                    await self._sleep(delay)

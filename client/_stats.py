@@ -25,6 +25,8 @@ class ClientStats:
         fetch_time_s: time spent fetching URLs (summed over concurrent fetches).
         decode_time_s: time spent decoding and resizing (summed over workers).
         triton_time_s: time spent waiting on Triton (summed over concurrent requests).
+        deduplicated: batch items that repeated an earlier item of their batch (same
+            source or same pixels) and took its row or error without a request of their own.
     """
 
     requests: int = 0
@@ -36,6 +38,7 @@ class ClientStats:
     fetch_time_s: float = 0.0
     decode_time_s: float = 0.0
     triton_time_s: float = 0.0
+    deduplicated: int = 0
 
     @property
     def failed(self) -> int:
@@ -61,6 +64,7 @@ class StatsRecorder:
         self._fetch_time_s = 0.0
         self._decode_time_s = 0.0
         self._triton_time_s = 0.0
+        self._deduplicated = 0
 
     def request(self, *, bytes_sent: int, wait_s: float) -> None:
         with self._lock:
@@ -85,6 +89,10 @@ class StatsRecorder:
             self._bytes_fetched += nbytes
             self._fetch_time_s += elapsed_s
 
+    def deduplicated(self, items: int) -> None:
+        with self._lock:
+            self._deduplicated += items
+
     def decoded(self, *, elapsed_s: float) -> None:
         with self._lock:
             self._decode_time_s += elapsed_s
@@ -101,4 +109,5 @@ class StatsRecorder:
                 fetch_time_s=self._fetch_time_s,
                 decode_time_s=self._decode_time_s,
                 triton_time_s=self._triton_time_s,
+                deduplicated=self._deduplicated,
             )

@@ -15,7 +15,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -75,6 +75,8 @@ class VisionClient:
         pack_batch_size: int | None = None,
         decode_workers: int | None = None,
         allow_private_addresses: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_local_files: bool | None = None,
     ) -> None:
         # Loop-bound resources are not made here: the async client builds them on the
         # runtime's loop during its first call.
@@ -89,6 +91,8 @@ class VisionClient:
             pack_batch_size=pack_batch_size,
             decode_workers=decode_workers,
             allow_private_addresses=allow_private_addresses,
+            headers=headers,
+            allow_local_files=allow_local_files,
         )
         self._runtime = SharedRuntime()
         # If the loop dies, its last act closes the session on that loop.

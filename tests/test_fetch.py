@@ -638,3 +638,72 @@ def test_fetch_config_normalises_hosts_and_schemes() -> None:
     )
     assert config.allowed_hosts == frozenset({"images.internal:8080", "cdn.example"})
     assert config.allowed_schemes == ("https",)
+
+
+# ------------------------------------------------------- credentials in URLs, redacted
+
+PRESIGNED = (
+    "https://bucket.s3.amazonaws.com/a.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIAEXAMPLE%2F20240101&X-Amz-Signature=deadbeefcafe"
+    "&X-Amz-Security-Token=FwoGZXIvYXdz&size=2"
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets", "kept"),
+    [
+        (PRESIGNED, ["AKIAEXAMPLE", "deadbeefcafe", "FwoGZXIvYXdz"], ["X-Amz-Algorithm", "size=2"]),
+        ("https://h/a.png?token=t0k&w=1", ["t0k"], ["w=1"]),
+        ("https://h/a.png?sig=s1g;key=k3y#frag", ["s1g", "k3y"], ["#frag"]),
+        ("https://h/a.png?api_key=A1&access_token=B2&apikey=C3", ["A1", "B2", "C3"], []),
+        ("https://h/a.png?X-Goog-Signature=G00G&X-Goog-Credential=GC", ["G00G", "GC"], []),
+        ("https://h/a.png?AWSAccessKeyId=AK&Signature=S1&Expires=9", ["AK", "S1"], ["Expires=9"]),
+        ("https://u:pw@h/a.png?TOKEN=upper", ["pw", "upper"], ["***@h"]),
+        ("https://h/a.png?monkey=banana&keyboard=qwerty", [], ["banana", "qwerty"]),
+    ],
+)
+def test_credential_query_parameters_are_redacted_like_userinfo(
+    url: str, secrets: list[str], kept: list[str]
+) -> None:
+    from tritonvision.errors import describe_source, redact_credentials
+
+    for text in (redact_credentials(f"GET {url} failed"), describe_source(url)):
+        for secret in secrets:
+            assert secret not in text, text
+    redacted = redact_credentials(url)
+    for part in kept:
+        assert part in redacted, redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "?" + "a" * 200_000 + "=",
+        "?" + "a-" * 100_000 + "=",
+        "?a=&" * 50_000,
+        "&key-" * 40_000 + "=",
+        "x://" + "a" * 200_000 + "@",
+    ],
+)
+def test_redaction_stays_linear_on_hostile_text(text: str) -> None:
+    from tritonvision.errors import redact_credentials
+
+    started = time.perf_counter()
+    redact_credentials(text)
+    small = time.perf_counter() - started
+    started = time.perf_counter()
+    redact_credentials(text * 4)
+    large = time.perf_counter() - started
+    # Quadratic would be 16x; allow noise on a busy machine.
+    assert large < 8 * small + 0.05, (small, large)
+
+
+async def test_fetch_errors_never_show_a_signed_urls_secrets(
+    server: Server, session: aiohttp.ClientSession
+) -> None:
+    url = server.url("/status/403") + "?X-Amz-Signature=deadbeefcafe&token=t0k"
+    with pytest.raises(FetchStatusError) as info:
+        await fetch_url(session, url, OPEN)
+    assert "deadbeefcafe" not in str(info.value) and "t0k" not in str(info.value)
+    assert "X-Amz-Signature=***" in str(info.value)
+    assert info.value.source == url  # the input as given stays on the exception

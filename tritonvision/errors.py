@@ -17,6 +17,7 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
     │   └── DecompressionBomb                more pixels than ``max_image_pixels``
     ├── ServerError                          Triton answered an error (status, message)
     │   ├── ServerOverloaded                 503 / UNAVAILABLE / queue full: transient
+    │   ├── AuthenticationError              401 / 403 / restricted API: never retried
     │   └── ProtocolError                    a malformed KServe v2 answer
     ├── ServerUnavailable (ConnectionError)  cannot reach Triton (refused, reset, DNS)
     ├── RequestTimeout (TimeoutError)        Triton did not answer within the request timeout
@@ -41,6 +42,7 @@ import re
 from collections.abc import Mapping
 
 __all__ = [
+    "AuthenticationError",
     "BatchError",
     "BlockedAddress",
     "ClientClosed",
@@ -65,23 +67,49 @@ __all__ = [
 ]
 
 _MAX_SOURCE_REPR = 96
+_REDACT_SCAN = 4096
 
 # ``scheme://user:password@`` (up to the last "@" before the path): the userinfo part.
 # The scheme's length is bounded so that a long run of letters (an error quoting a body)
 # costs linear time, not quadratic; a longer scheme still matches through its last 32 chars.
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31}://)[^/?#\s@]*(?:@[^/?#\s@]*)*@")
 
+# The value of a query parameter whose name looks like a credential: ``token``,
+# ``access_token``, ``sig``, ``signature``, ``key``, ``api_key``, ``apikey``, ``secret``,
+# ``password``, ``credential``, ``X-Amz-Signature``, ``X-Amz-Credential``,
+# ``X-Amz-Security-Token``, ``X-Goog-Signature``, ``X-Goog-Credential``, ... (a name is
+# words joined by ``_ . -``; its last word decides). Matched only right after ``?``, ``&``
+# or ``;``: name characters are none of those, so every run is scanned once (linear time).
+_SECRET_WORDS = (
+    "token|sig|signature|key|apikey|secret|password|passwd|pwd|credential|credentials"
+    "|auth|authorization|code|awsaccesskeyid|googleaccessid"
+)
+_URL_SECRET_PARAM = re.compile(
+    rf"([?&;](?:[A-Za-z0-9]+[_.\-])*(?:{_SECRET_WORDS})=)[^&#;\s'\"<>]*", re.IGNORECASE
+)
+_REDACTED = "***"
+
 
 def redact_credentials(text: str) -> str:
-    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``."""
-    return _URL_USERINFO.sub(r"\1***@", text)
+    """``text`` with the credentials of every URL in it replaced by ``***``.
+
+    Both the ``user:password@`` part (``https://***@host/``) and the values of
+    credential-looking query parameters (``?X-Amz-Signature=***&x=1``, ``&token=***``)
+    are redacted. Linear in ``len(text)``.
+    """
+    if "@" in text:
+        text = _URL_USERINFO.sub(r"\1***@", text)
+    if "=" in text:
+        text = _URL_SECRET_PARAM.sub(rf"\1{_REDACTED}", text)
+    return text
 
 
 def describe_source(source: object) -> str:
     """A short, log-safe description of an input, for error messages.
 
-    Credentials in URLs (``https://user:password@host/...``) are redacted: messages end
-    up in logs. The exception's ``source`` attribute keeps the input as it was given.
+    Credentials in URLs (``https://user:password@host/...``, ``?token=...``,
+    ``X-Amz-Signature=...``) are redacted: messages end up in logs. The exception's
+    ``source`` attribute keeps the input as it was given.
     """
     if isinstance(source, bytes | bytearray | memoryview):
         return f"<{len(source)} bytes>"
@@ -89,8 +117,10 @@ def describe_source(source: object) -> str:
         source = os.fspath(source)
     if isinstance(source, str):
         length = len(source)
-        if "@" in source[:4096] and not source.startswith("data:"):
-            source = redact_credentials(source)
+        if not source.startswith("data:") and "://" in source[:_REDACT_SCAN]:
+            # Redacted before shortening, so a cut never leaves part of a secret visible;
+            # only the head is scanned: at most its first 40 characters are shown.
+            source = redact_credentials(source[:_REDACT_SCAN])
         if source.startswith("data:") or length > _MAX_SOURCE_REPR:
             return repr(source[:40] + f"...<{length} chars>")
         return repr(source)
@@ -186,6 +216,15 @@ class ServerError(TritonVisionError):
 
 class ServerOverloaded(ServerError):
     """Triton refused work for now (503, gRPC UNAVAILABLE, queue full): worth a retry."""
+
+
+class AuthenticationError(ServerError):
+    """Triton (or the proxy in front of it) refused the caller: HTTP 401/403, gRPC
+    UNAUTHENTICATED / PERMISSION_DENIED, or a restricted API without its header.
+
+    Never retried: the same credentials fail the same way. Check ``ClientConfig.headers``
+    (``TRITONVISION_HEADERS``, ``--header``).
+    """
 
 
 class ProtocolError(ServerError):

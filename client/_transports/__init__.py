@@ -11,6 +11,8 @@ re-exports them and picks a transport for a URL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ._base import InferOutcome, Transport, parse_server_url, translate_errors
 
 __all__ = [
@@ -22,14 +24,19 @@ __all__ = [
 ]
 
 
-def make_transport(url: str, *, connect_timeout_s: float) -> Transport:
-    """The transport for a Triton URL (scheme picks HTTP/REST or gRPC)."""
+def make_transport(
+    url: str, *, connect_timeout_s: float, headers: Mapping[str, str] | None = None
+) -> Transport:
+    """The transport for a Triton URL (scheme picks HTTP/REST or gRPC).
+
+    ``headers`` go with every request to Triton (gRPC: as metadata) and nowhere else.
+    """
     scheme, host, port = parse_server_url(url)
     if scheme in ("http", "https"):
         from ._http import HttpTransport
 
-        return HttpTransport(url, connect_timeout_s=connect_timeout_s)
+        return HttpTransport(url, connect_timeout_s=connect_timeout_s, headers=headers)
     # Imported here: only gRPC mode needs it (it is the one module touching grpc errors).
     from ._grpc import GrpcTransport
 
-    return GrpcTransport(host, port, ssl=scheme == "grpcs")
+    return GrpcTransport(host, port, ssl=scheme == "grpcs", headers=headers)

@@ -12,7 +12,7 @@ classification), then lets :func:`~._base.translate_errors` handle the rest.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
@@ -61,15 +61,28 @@ def _from_grpc_exception(
 
 
 class GrpcTransport(Transport):
-    """``ModelInfer`` / ``ModelConfig`` RPCs; errors translated by :func:`grpc_errors`."""
+    """``ModelInfer`` / ``ModelConfig`` RPCs; errors translated by :func:`grpc_errors`.
 
-    def __init__(self, host: str, port: int, *, ssl: bool = False) -> None:
+    ``headers`` are sent as call metadata on every RPC (names lower-cased, as gRPC
+    requires; Triton's ``--grpc-restricted-protocol`` key ``K`` is the metadata
+    ``triton-grpc-protocol-K``).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.scheme = "grpcs" if ssl else "grpc"
         self.host = host
         self.session_endpoint = None  # the session only fetches image URLs in gRPC mode
         self._target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._ssl = ssl
         self._client: Any = None
+        self._metadata = {name.lower(): value for name, value in (headers or {}).items()} or None
 
     async def open(self, stack: AsyncExitStack, session: aiohttp.ClientSession) -> None:
         # Imported here: tritonclient.grpc pulls in grpc + protobuf, needed only in gRPC mode.
@@ -88,7 +101,11 @@ class GrpcTransport(Transport):
         client = self._need_client()
         with grpc_errors(model=model):
             doc = await client.get_model_config(
-                model, version, as_json=True, client_timeout=timeout_s
+                model,
+                version,
+                headers=self._metadata,
+                as_json=True,
+                client_timeout=timeout_s,
             )
         return parse_model_config(doc)
 
@@ -117,6 +134,7 @@ class GrpcTransport(Transport):
                 grpc_inputs,
                 model_version=version,
                 outputs=[InferRequestedOutput(name) for name in outputs],
+                headers=self._metadata,
                 timeout=int(timeout_s * 1_000_000),
                 client_timeout=timeout_s,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -29,9 +29,15 @@ _NO_COMPRESSION = {"Accept-Encoding": "identity"}
 
 
 class HttpTransport(Transport):
-    """POSTs binary-extension bodies built by :mod:`.._protocol`; parses the answers there."""
+    """POSTs binary-extension bodies built by :mod:`.._protocol`; parses the answers there.
 
-    def __init__(self, url: str, *, connect_timeout_s: float) -> None:
+    ``headers`` (authentication for a proxy or a restricted Triton) go with each request
+    to Triton, never on the session: the session also fetches image URLs.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout_s: float, headers: Mapping[str, str] | None = None
+    ) -> None:
         scheme, host, port = parse_server_url(url)
         self.scheme = scheme
         self.host = host
@@ -39,6 +45,9 @@ class HttpTransport(Transport):
         self._base = url.rstrip("/")
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        # The protocol's own headers win over the caller's.
+        self._config_headers = {**(headers or {}), **_NO_COMPRESSION}
+        self._infer_headers = dict(headers or {})
 
     async def open(self, stack: AsyncExitStack, session: aiohttp.ClientSession) -> None:
         # The session belongs to the client (it also fetches image URLs); we only borrow it.
@@ -58,7 +67,7 @@ class HttpTransport(Transport):
             async with session.get(
                 self._base + config_path(model, version),
                 timeout=self._timeout(timeout_s),
-                headers=_NO_COMPRESSION,
+                headers=self._config_headers,
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -80,7 +89,7 @@ class HttpTransport(Transport):
             async with session.post(
                 self._base + infer_path(model, version),
                 data=request.body,
-                headers={**request.headers, **_NO_COMPRESSION},
+                headers={**self._infer_headers, **request.headers, **_NO_COMPRESSION},
                 timeout=self._timeout(timeout_s),
             ) as resp:
                 body = await resp.read()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
@@ -25,7 +25,9 @@ __all__ = [
     "EXIT_USAGE",
     "SERVER_SCHEMES",
     "SubParsers",
+    "add_header_argument",
     "add_server_argument",
+    "merge_headers",
     "normalize_server_url",
     "positive_float",
     "positive_int",
@@ -122,6 +124,48 @@ def add_server_argument(
         metavar="URL",
         help=f"Triton URL: {shape}" + (" (default %(default)s)" if default else ""),
     )
+
+
+def _header_type(text: str) -> tuple[str, str]:
+    from tritonvision.client import parse_header  # the one rule, shared with the environment
+    from tritonvision.errors import InvalidInput
+
+    try:
+        return parse_header(text)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_header_argument(parser: argparse.ArgumentParser) -> None:
+    """``--header 'Name: value'`` (repeatable): sent to Triton with every request.
+
+    For an authenticating proxy or a restricted Triton; never sent to image URLs. Secrets
+    are better passed in ``TRITONVISION_HEADERS`` (one ``Name: value`` per line), which a
+    process listing does not show; ``--header`` wins over it for the same name.
+    """
+    parser.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        type=_header_type,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help=(
+            "HTTP header (gRPC metadata) sent to Triton with every request, e.g. "
+            "'Authorization: Bearer TOKEN' (repeatable; never sent to image URLs; "
+            "prefer TRITONVISION_HEADERS for secrets)"
+        ),
+    )
+
+
+def merge_headers(base: Mapping[str, str], extra: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``base`` with ``extra`` headers added; a name in both (any case) takes ``extra``'s."""
+    merged = dict(base)
+    for name, value in extra:
+        for old in [k for k in merged if k.lower() == name.lower()]:
+            del merged[old]
+        merged[name] = value
+    return merged
 
 
 def usage_error(command: str, message: str) -> int:

@@ -35,7 +35,9 @@ from ._common import (
     EXIT_OK,
     EXIT_SIGNAL_BASE,
     SubParsers,
+    add_header_argument,
     add_server_argument,
+    merge_headers,
     positive_float,
     positive_int,
     usage_error,
@@ -75,7 +77,8 @@ exit status: 0 all embedded, 1 some failed, 2 bad usage or server unreachable,
 130/143 interrupted.
 
 environment: TRITONVISION_* client settings (e.g. TRITONVISION_MAX_RETRIES) apply;
-options given here win."""
+options given here win. TRITONVISION_HEADERS holds headers for Triton, one 'Name: value'
+per line (use it for secrets: a process listing shows --header values)."""
 
 
 def register(subparsers: SubParsers) -> argparse.ArgumentParser:
@@ -101,6 +104,7 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="BASE.npy, BASE.parquet (implies --parquet) or BASE: where outputs go",
     )
     add_server_argument(parser)
+    add_header_argument(parser)
     parser.add_argument(
         "--model",
         default=None,
@@ -233,7 +237,10 @@ def run_embed(args: argparse.Namespace) -> int:
             overrides["max_in_flight"] = args.max_in_flight
         if args.allow_private_addresses:
             overrides["allow_private_addresses"] = True
-        config = ClientConfig.from_env().replace(**overrides)
+        config = ClientConfig.from_env()
+        if args.headers:
+            overrides["headers"] = merge_headers(config.headers, args.headers)
+        config = config.replace(**overrides)
     except (UsageError, InvalidInput) as exc:
         return _error(str(exc))
 
