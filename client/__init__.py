@@ -33,6 +33,9 @@ settings and their defaults are the fields of :class:`ClientConfig`.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tritonvision.contract import PreprocessSpec
 from tritonvision.errors import (
     AuthenticationError,
@@ -57,14 +60,53 @@ from tritonvision.errors import (
     TritonVisionError,
 )
 
-from ._async_client import AsyncVisionClient, ClientState
-from ._config import ClientConfig, parse_header
-from ._fetch import FetchConfig
-from ._model_info import ModelInfo
-from ._results import BatchEmbedding
-from ._sources import ImageSource
-from ._stats import ClientStats
-from ._sync_client import PendingBatchEmbedding, PendingEmbedding, PendingModelInfo, VisionClient
+# The rest loads on first use (PEP 562): the python-backend preprocess model imports
+# ``tritonvision.client._imaging`` inside Triton's stub, which must not need aiohttp or
+# tritonclient (the container image installs numpy and Pillow only).
+_LAZY: dict[str, str] = {
+    "AsyncVisionClient": "_async_client",
+    "ClientState": "_async_client",
+    "ClientConfig": "_config",
+    "parse_header": "_config",
+    "FetchConfig": "_fetch",
+    "ModelInfo": "_model_info",
+    "BatchEmbedding": "_results",
+    "ImageSource": "_sources",
+    "ClientStats": "_stats",
+    "PendingBatchEmbedding": "_sync_client",
+    "PendingEmbedding": "_sync_client",
+    "PendingModelInfo": "_sync_client",
+    "VisionClient": "_sync_client",
+}
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncVisionClient, ClientState
+    from ._config import ClientConfig, parse_header
+    from ._fetch import FetchConfig
+    from ._model_info import ModelInfo
+    from ._results import BatchEmbedding
+    from ._sources import ImageSource
+    from ._stats import ClientStats
+    from ._sync_client import (
+        PendingBatchEmbedding,
+        PendingEmbedding,
+        PendingModelInfo,
+        VisionClient,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AsyncVisionClient",

@@ -15,11 +15,49 @@ Example::
         print(server.http_url)
 """
 
-from ._binary import TritonBinaryNotFound, TritonDistribution, find_triton
-from ._errors import ServeError
-from ._preflight import check_stub_environment
-from ._runtime_repo import RepositoryError, RuntimeRepository, derive_runtime_repository
-from ._server import DEFAULT_PORTS, LocalTriton, ServerPorts, free_port
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use (PEP 562): Triton's python-backend stub imports
+# ``tritonvision.serve.backends.*``, and that must not pull in the launcher's dependencies
+# (tritonclient, protobuf, packaging): the container image installs numpy and Pillow only.
+_LAZY: dict[str, str] = {
+    "TritonBinaryNotFound": "_binary",
+    "TritonDistribution": "_binary",
+    "find_triton": "_binary",
+    "ServeError": "_errors",
+    "check_stub_environment": "_preflight",
+    "RepositoryError": "_runtime_repo",
+    "RuntimeRepository": "_runtime_repo",
+    "derive_runtime_repository": "_runtime_repo",
+    "DEFAULT_PORTS": "_server",
+    "LocalTriton": "_server",
+    "ServerPorts": "_server",
+    "free_port": "_server",
+}
+
+if TYPE_CHECKING:
+    from ._binary import TritonBinaryNotFound, TritonDistribution, find_triton
+    from ._errors import ServeError
+    from ._preflight import check_stub_environment
+    from ._runtime_repo import RepositoryError, RuntimeRepository, derive_runtime_repository
+    from ._server import DEFAULT_PORTS, LocalTriton, ServerPorts, free_port
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "DEFAULT_PORTS",

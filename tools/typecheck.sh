@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MYPY="${MYPY:-.venv/bin/mypy}"
-tree=build/typecheck
+tree="${TYPECHECK_TREE:-build/typecheck}"
 rm -rf "$tree"
 mkdir -p "$tree/tritonvision"
 root="$(pwd)"
