@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The CPU wheel that lies on this machine's disk; plain `torch` would pull a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv demo test test-all check lint format bench bench-quick clean
+.PHONY: venv demo test test-all check lint format bench bench-quick bench-device clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ format: venv
 
 bench: venv
 	$(VENV)/bin/tritonvision bench --output BENCHMARKS.md
+
+## The GPU run in one go on a machine with an NVIDIA GPU: make bench-device OUT=device-results
+bench-device:
+	bench/device.sh $(OUT)
 
 bench-quick: venv
 	$(VENV)/bin/tritonvision bench --quick

@@ -29,6 +29,7 @@ from . import (
     scenario_5_preprocess,
     scenario_6_stack,
     scenario_7_ray,
+    scenario_8_overload,
 )
 from ._context import Context, Scenario
 from ._machine import LoadProbe, MachineLoad, machine_info
@@ -47,6 +48,7 @@ SCENARIOS: dict[int, Scenario] = {
         scenario_5_preprocess.SCENARIO,
         scenario_6_stack.SCENARIO,
         scenario_7_ray.SCENARIO,
+        scenario_8_overload.SCENARIO,
     )
 }
 

@@ -26,6 +26,7 @@ from types import TracebackType
 
 from . import _watchdog
 from ._binary import find_triton
+from ._device import DevicePlan, DeviceProbe, probe_device, resolve_device
 from ._errors import ServeError
 from ._preflight import check_stub_environment, restricted_api_headers, warm_up
 from ._runtime_repo import (
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 # Triton's own grace for in-flight requests (--exit-timeout-secs) plus time to unload.
 _EXIT_TIMEOUT_S = 10
 _STOP_GRACE_S = 20.0
+# ONNX Runtime's TensorRT engines (GPU with tensorrt installed), kept for this server's life.
+_TENSORRT_CACHE = "tensorrt_cache"
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class LocalTriton:
     ``log_path`` keeps Triton's log at a path of your choice; by default it lives in the
     work dir and goes with it (a ``workdir`` you give is yours: only what the server made
     in it is removed, the log stays). ``warm_up=False`` skips the warm-up inferences.
+    ``device`` is ``cpu`` (default), ``gpu`` or ``auto`` (see :mod:`._device`); ``gpu``
+    on a machine that cannot run it raises :class:`._device.DeviceUnavailable` at start.
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class LocalTriton:
         cpu_instances: int | None = DEFAULT_CPU_INSTANCES,
         queue_delay_us: int | None = DEFAULT_CPU_QUEUE_DELAY_US,
         warm_up: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.repository = Path(repository)
         self.ports = ports
@@ -143,6 +149,9 @@ class LocalTriton:
         self.cpu_instances = cpu_instances
         self.queue_delay_us = queue_delay_us
         self._warm_up = warm_up
+        self.device = device
+        self.device_plan: DevicePlan | None = None
+        """What ``device`` resolved to at start (``auto`` -> cpu or gpu, with the reason)."""
         self._given_workdir = Path(workdir) if workdir is not None else None
         self._given_log_path = Path(log_path) if log_path is not None else None
         self.workdir: Path | None = self._given_workdir
@@ -203,6 +212,12 @@ class LocalTriton:
                 )
         dist = find_triton()
         check_stub_environment()
+        # `cpu` needs no look at the machine (nvidia-smi can take a second).
+        plan = resolve_device(
+            self.device, probe_device() if self.device != "cpu" else DeviceProbe()
+        )
+        self.device_plan = plan
+        logger.info("device %s (%s)", plan.device, plan.reason)
         for leftover in remove_dead_leftovers():
             logger.info("removed %s, left by a server that is no longer running", leftover)
         if self._given_workdir is None:
@@ -212,7 +227,10 @@ class LocalTriton:
             workdir = self._given_workdir
             workdir.mkdir(parents=True, exist_ok=True)
             record = claim_workdir(workdir)
-            self._created = [workdir / name for name in ("runtime_repository", "tmp", OWNER_FILE)]
+            made: tuple[str, ...] = ("runtime_repository", "tmp", OWNER_FILE)
+            if plan.tensorrt:
+                made += (_TENSORRT_CACHE,)
+            self._created = [workdir / name for name in made]
         self.workdir = workdir
         self._shm_prefix = record.shm_prefix
         self.log_path = self._given_log_path or workdir / "tritonserver.log"
@@ -222,10 +240,14 @@ class LocalTriton:
                 workdir / "runtime_repository",
                 cpu_instances=self.cpu_instances,
                 queue_delay_us=self.queue_delay_us,
+                device=plan.device,
+                tensorrt_cache=workdir / _TENSORRT_CACHE if plan.tensorrt else None,
             )
         except BaseException:
             _watchdog.remove_paths(self._created)
             raise
+        if plan.tensorrt:
+            (workdir / _TENSORRT_CACHE).mkdir(exist_ok=True)
         logger.info("runtime repository %s: models %s", runtime.path, ", ".join(runtime.models))
         cmd = [
             str(dist.binary),

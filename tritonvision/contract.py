@@ -39,6 +39,7 @@ __all__ = [
     "PARAM_MAX_IMAGE_PIXELS",
     "PARAM_NORMALIZED",
     "PARAM_ONNX_FILE",
+    "PARAM_ORT_PROVIDERS",
     "PARAM_ORT_THREADS",
     "PARAM_PRECISION",
     "PARAM_PREPROCESSING",
@@ -92,7 +93,7 @@ BATCH_AXIS = "batch"
 PARAM_PREPROCESSING = "tritonvision.preprocessing"
 """JSON of :class:`PreprocessSpec` (``to_json``): how the encoder wants its images."""
 PARAM_FAMILY = "tritonvision.family"
-"""Encoder family, e.g. ``clip`` or ``siglip``."""
+"""Encoder family: ``clip``, ``siglip``, ``dinov2``, ``backbone`` or ``module``."""
 PARAM_SOURCE = "tritonvision.source"
 """Checkpoint path, or ``builtin:clip-vit-b32``."""
 PARAM_TRAINED = "tritonvision.trained"
@@ -107,6 +108,9 @@ PARAM_MAX_IMAGE_PIXELS = "tritonvision.max_image_pixels"
 """Decompression-bomb limit of the preprocess model (pixels, decimal string)."""
 PARAM_ONNX_FILE = "tritonvision.onnx_file"
 """Runtime repository only: the ONNX file the python-backend encoder loads."""
+PARAM_ORT_PROVIDERS = "tritonvision.ort_providers"
+"""Runtime repository only: ONNX Runtime execution providers in priority order, JSON
+``[[name, {option: value}], ...]`` (absent: CPU only); written by ``serve --device gpu``."""
 PARAM_ORT_THREADS = "tritonvision.ort_intra_op_threads"
 """Runtime repository only: ONNX Runtime intra-op threads per instance."""
 
@@ -120,7 +124,12 @@ PUBLISHED_PARAMETERS: tuple[str, ...] = (
     PARAM_PRECISION,
 )
 """What export writes on the encoder, the preprocess model and the ensemble."""
-RUNTIME_PARAMETERS: tuple[str, ...] = (PARAM_MAX_IMAGE_PIXELS, PARAM_ONNX_FILE, PARAM_ORT_THREADS)
+RUNTIME_PARAMETERS: tuple[str, ...] = (
+    PARAM_MAX_IMAGE_PIXELS,
+    PARAM_ONNX_FILE,
+    PARAM_ORT_PROVIDERS,
+    PARAM_ORT_THREADS,
+)
 """Operational keys: written by export (max pixels) or by serve's runtime repository."""
 
 # --------------------------------------------------------------------------- defaults

@@ -1,16 +1,20 @@
 """Triton python-backend model that runs an ONNX file through ONNX Runtime.
 
-Used only by the embedded CPU server (``tritonvision serve``): the wheel's tritonserver has
+Used only by the embedded server (``tritonvision serve``): the wheel's tritonserver has
 no onnxruntime backend, so the runtime repository points this model at the very
-``model.onnx`` that Triton's onnxruntime backend loads in production. Triton's dynamic
-batcher hands ``execute`` several requests at once; we run them as ONE ONNX Runtime call
-(that is where batching pays) and split the result back per request.
+``model.onnx`` that Triton's onnxruntime backend loads in production. The execution
+providers come from the config parameter ``tritonvision.ort_providers`` (absent: CPU only);
+on a ``KIND_GPU`` instance the GPU providers are pinned to the instance's device, and a
+provider that does not come up fails the load instead of silently running on the CPU.
+Triton's dynamic batcher hands ``execute`` several requests at once; we run them as ONE
+ONNX Runtime call (that is where batching pays) and split the result back per request.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 
-from tritonvision.contract import PARAM_ONNX_FILE, PARAM_ORT_THREADS
+from tritonvision.contract import PARAM_ONNX_FILE, PARAM_ORT_PROVIDERS, PARAM_ORT_THREADS
+from tritonvision.serve._device import (
+    CPU_PROVIDER,
+    check_providers,
+    parse_providers,
+    providers_for_instance,
+)
 
 _NP_FROM_TRITON = {
     "TYPE_UINT8": np.uint8,
@@ -33,6 +43,15 @@ _NP_FROM_TRITON = {
 def _parameter(config: dict[str, Any], key: str, default: str = "") -> str:
     value = config.get("parameters", {}).get(key, {})
     return str(value.get("string_value", default)) if isinstance(value, dict) else default
+
+
+def _log_info(message: str) -> None:
+    """Into Triton's log: the python backend's logger, or the stub's stderr (same log)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 class TritonPythonModel:
@@ -54,8 +73,40 @@ class TritonPythonModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         # Spinning workers burn the cores the other instance and the stubs need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        providers = providers_for_instance(
+            parse_providers(_parameter(config, PARAM_ORT_PROVIDERS)),
+            kind=args.get("model_instance_kind", "CPU"),
+            device_id=int(args.get("model_instance_device_id", "0") or 0),
+        )
+        names = [name for name, _ in providers]
+        if names != [CPU_PROVIDER] and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu >= 1.21: load the pip-installed CUDA/cuDNN libraries. Best
+            # effort: system-wide CUDA libraries serve as well, and the check below is loud.
+            try:
+                ort.preload_dlls()
+            except Exception as exc:
+                _log_info(f"{self.model_name}: onnxruntime.preload_dlls() failed: {exc}")
+        try:
+            check_providers(names, ort.get_available_providers(), ort.__version__)
+            self.session = ort.InferenceSession(
+                str(path),
+                sess_options=options,
+                providers=names,
+                provider_options=[opts for _, opts in providers],
+            )
+            # ONNX Runtime falls back to the CPU when a GPU provider fails to initialise
+            # (missing CUDA libraries): a GPU model must not quietly run on the CPU.
+            active = self.session.get_providers()
+            if names[0] not in active:
+                raise RuntimeError(
+                    f"{names[0]} did not start (active: {', '.join(active)}); see the "
+                    "ONNX Runtime messages above"
+                )
+        except Exception as exc:
+            raise pb_utils.TritonModelException(f"{self.model_name}: {exc}") from exc
+        _log_info(
+            f"{self.model_name}: ONNX Runtime providers {', '.join(active)} "
+            f"(instance {args.get('model_instance_name', '?')})"
         )
         self.inputs = [(i["name"], _NP_FROM_TRITON[i["data_type"]]) for i in config["input"]]
         self.outputs = [(o["name"], _NP_FROM_TRITON[o["data_type"]]) for o in config["output"]]

@@ -8,20 +8,30 @@ config ``parameters`` (written by ``tritonvision export``).
 The bytes are untrusted: decoding is bounded by a pixel limit, an undecodable item
 fails only its own request with a message naming the item, and nothing here can take
 the stub process down.
+
+On a ``KIND_GPU`` instance (``tritonvision serve --device gpu``) JPEGs are decoded on the
+GPU with nvImageCodec when it imports (:func:`tritonvision.serve._device.choose_image_decoder`;
+the log says which decoder runs and why). Only the decode step changes: the header checks
+come first, the resize and crop are the client's code, and whatever nvImageCodec does not
+take (other formats, CMYK, failures) goes through the Pillow path as before. The pixels
+agree within the tolerance documented in :mod:`tritonvision.serve._device`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
+from PIL import Image
 
-from tritonvision.client._imaging import load_image_pixels
+from tritonvision.client._imaging import DEFAULT_REDUCING_GAP, load_image_pixels
+from tritonvision.client._imaging import _preprocess as resize_and_crop
 from tritonvision.contract import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGES_INPUT,
@@ -31,6 +41,16 @@ from tritonvision.contract import (
     PreprocessSpec,
 )
 from tritonvision.errors import TritonVisionError
+from tritonvision.serve._device import NvJpegDecoder, choose_image_decoder
+
+
+def _log_info(message: str) -> None:
+    """Into Triton's log: the python backend's logger, or the stub's stderr (same log)."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 class TritonPythonModel:
@@ -49,6 +69,27 @@ class TritonPythonModel:
         self.max_pixels = int(max_pixels) if max_pixels else DEFAULT_MAX_IMAGE_PIXELS
         # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        kind = args.get("model_instance_kind", "CPU")
+        device_id = int(args.get("model_instance_device_id", "0") or 0)
+        module, why = choose_image_decoder(kind)
+        self.gpu_decoder: NvJpegDecoder | None = None
+        if module is not None:
+            try:
+                self.gpu_decoder = NvJpegDecoder(module, device_id=device_id)
+            except Exception as exc:
+                why = f"Pillow (nvImageCodec failed to start on GPU {device_id}: {exc})"
+            else:
+                why = f"nvImageCodec on GPU {device_id} (JPEG; other formats with Pillow)"
+        _log_info(f"{self.model_name}: decoding images with {why}")
+
+    def _finish(
+        self, item: tuple[int, bytes, npt.NDArray[np.uint8] | None]
+    ) -> npt.NDArray[np.uint8]:
+        index, data, decoded = item
+        if decoded is None:
+            return self._decode((index, data))
+        # Decoded on the GPU: the same resize + crop as the Pillow path's fast mode.
+        return resize_and_crop(Image.fromarray(decoded), self.spec, DEFAULT_REDUCING_GAP)
 
     def _decode(self, item: tuple[int, bytes]) -> npt.NDArray[np.uint8]:
         index, data = item
@@ -62,7 +103,14 @@ class TritonPythonModel:
             images = pb_utils.get_input_tensor_by_name(request, IMAGES_INPUT).as_numpy()
             items = [(i, bytes(row.reshape(-1)[0])) for i, row in enumerate(images)]
             try:
-                pixels = np.stack(list(self.pool.map(self._decode, items)))
+                if self.gpu_decoder is None:
+                    pixels = np.stack(list(self.pool.map(self._decode, items)))
+                else:
+                    decoded = self.gpu_decoder.decode_batch(
+                        [data for _, data in items], self.max_pixels
+                    )
+                    jobs = [(i, data, d) for (i, data), d in zip(items, decoded, strict=True)]
+                    pixels = np.stack(list(self.pool.map(self._finish, jobs)))
             except TritonVisionError as exc:
                 responses.append(
                     pb_utils.InferenceResponse(

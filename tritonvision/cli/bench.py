@@ -51,6 +51,21 @@ def register(subparsers: SubParsers) -> None:
         action="store_true",
         help="only set up perf_analyzer (downloads the tritonclient 2.41.0 wheel once)",
     )
+    parser.add_argument(
+        "--device",
+        type=Path,
+        metavar="OUT",
+        dest="device_out",
+        help="the GPU device run (bench/device.sh calls this): export fp32 + fp16, serve with "
+        "--device gpu, perf_analyzer over concurrency 1..256, client end to end; writes "
+        "OUT/device.json and OUT/device.md",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --device: the same pipeline on CPU with small counts and the tiny encoder "
+        "(no downloads)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -74,10 +89,37 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _run_device(out: Path, *, dry_run: bool, cache_dir: Path) -> int:
+    from tritonvision.bench._device import run_device_benchmark
+    from tritonvision.serve import RepositoryError, ServeError, TritonBinaryNotFound
+
+    command = f"tritonvision bench --device {shlex.quote(str(out))}"
+    try:
+        run_device_benchmark(
+            out,
+            dry_run=dry_run,
+            cache_dir=cache_dir,
+            command=command + (" --dry-run" if dry_run else ""),
+            log=_print,
+        )
+    except (ServeError, TritonBinaryNotFound, RepositoryError) as exc:
+        print(f"tritonvision bench --device: {exc}", file=sys.stderr)
+        if (out / "device.json").exists():
+            print(f"(what was measured before is in {out / 'device.json'})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {out / 'device.json'} and {out / 'device.md'}")
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
     from tritonvision.bench.run import parse_scenarios, run_benchmarks, setup_perf_analyzer
 
     cache_dir: Path = args.cache_dir.expanduser()
+    if args.dry_run and args.device_out is None:
+        print("tritonvision bench: --dry-run goes with --device OUT", file=sys.stderr)
+        return EXIT_USAGE
+    if args.device_out is not None:
+        return _run_device(args.device_out, dry_run=args.dry_run, cache_dir=cache_dir)
     if args.setup:
         binary, reason = setup_perf_analyzer(cache_dir)
         print(

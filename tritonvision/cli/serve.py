@@ -34,7 +34,8 @@ def register(subparsers: SubParsers) -> None:
         "serve",
         help="run a real Triton Inference Server on this machine (no Docker)",
         description="Serve a model repository with the tritonserver from the nvidia-pytriton "
-        "wheel. ONNX models run through ONNX Runtime inside the python backend on CPU. "
+        "wheel. ONNX models run through ONNX Runtime inside the python backend, on the CPU "
+        "or (--device gpu) with ONNX Runtime's CUDA provider. "
         "Triton stops with this command, however it ends.",
     )
     parser.add_argument("--repository", default="model_repository", help="model repository")
@@ -57,6 +58,13 @@ def register(subparsers: SubParsers) -> None:
         default=0,
         help="dynamic-batching queue delay of the ONNX models on CPU (default 0: batch only "
         "what queued while busy); -1 keeps the repository's value",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="auto (default): the GPU when one is visible and onnxruntime-gpu offers CUDA, "
+        "else the CPU; gpu fails at start naming what is missing",
     )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         cpu_instances=args.cpu_instances,
         queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us,
+        device=args.device,
     )
     stop = threading.Event()
 
@@ -102,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             print("(rerun with --log-file PATH to keep Triton's full log)", file=sys.stderr)
         return EXIT_FAILED
     print(f"Triton ready (log: {server.log_path})")
+    if server.device_plan is not None:
+        print(f"  device   {server.device_plan.device} ({server.device_plan.reason})")
     if args.log_file is None:
         print("  the log is removed on stop; --log-file PATH keeps it")
     print(f"  HTTP     {server.http_url}")
