@@ -12,6 +12,7 @@
 - ``_perf_analyzer``: NVIDIA's perf_analyzer, set up once and run;
 - ``_percall_bug``: the per-call runtime defect that scenario 1 measures against;
 - ``_client_internals``: the one place that imports the client's private modules;
+- ``_slow_model``: a deliberately slow python-backend model with a tiny queue (scenario 8);
 - ``_device``: the GPU device run (``bench/device.sh``, ``tritonvision bench --device``);
 - ``scenario_N_*``: one scenario each.
 

@@ -4,25 +4,24 @@
   sleep and jitter: a refusal pauses new sends and cuts the window while in-flight
   sends drain; refusals of one round cut once; successes widen it again; other errors
   are neutral; with a gate, a refused attempt waits in the gate, not in its own backoff.
-- The measurement (e2e) runs the same batch against a real ``tritonserver`` whose model
-  has a queue of 1 (a test-only python-backend model that sleeps per execute), gate on vs
-  gate off, side by side: accepted images/s and rejected requests per accepted image.
-  :func:`measure_overload` is usable outside pytest (it takes a URL and a model name).
+- The measurement (e2e) is benchmark scenario 8's (``tritonvision.bench.
+  scenario_8_overload``): the same batch against a real ``tritonserver`` whose model has a
+  queue of 1 (a python-backend model that sleeps per execute), gate on vs gate off,
+  alternating, side by side: accepted images/s and rejected requests per accepted image.
+  Here it also holds the gate to its point: far fewer refusals, no throughput given up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tritonvision.client import ClientConfig, ServerError, ServerOverloaded, VisionClient
+from tritonvision.bench.scenario_8_overload import SLOW_QUEUE1, compare_overload, overload_images
+from tritonvision.bench.scenario_8_overload import small_queue_server as _small_queue_server
+from tritonvision.client import ClientConfig, ServerError, ServerOverloaded
 from tritonvision.client._gate import OverloadGate
 from tritonvision.client._retry import Retrier, RetryPolicy
 
@@ -228,108 +227,12 @@ def test_the_gate_is_a_client_config_switch() -> None:
 
 # ----------------------------------------------------------------- the measurement
 
-SLOW = "slow_queue1"
-
-
-@dataclass(frozen=True)
-class OverloadFigures:
-    gate: bool
-    images: int
-    accepted: int
-    seconds: float
-    requests: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.accepted / self.seconds
-
-    @property
-    def rejected_per_accepted(self) -> float:
-        return (self.requests - self.accepted) / max(1, self.accepted)
-
-    @classmethod
-    def total(cls, runs: list[OverloadFigures]) -> OverloadFigures:
-        """Several runs of one mode as one."""
-        return cls(
-            gate=runs[0].gate,
-            images=sum(r.images for r in runs),
-            accepted=sum(r.accepted for r in runs),
-            seconds=sum(r.seconds for r in runs),
-            requests=sum(r.requests for r in runs),
-        )
-
-    def describe(self) -> str:
-        return (
-            f"gate {'on ' if self.gate else 'off'}: {self.accepted}/{self.images} accepted in "
-            f"{self.seconds:.2f} s = {self.images_per_s:.1f} images/s; "
-            f"{self.requests - self.accepted} rejected = "
-            f"{self.rejected_per_accepted:.2f} rejected requests per accepted image"
-        )
-
-
-def measure_overload(
-    url: str,
-    model: str,
-    sources: list[bytes],
-    *,
-    gate: bool,
-    max_in_flight: int = 16,
-    backoff_base_s: float = 0.05,
-    backoff_max_s: float = 1.0,
-) -> OverloadFigures:
-    """One ``batch_embed_images`` of ``sources`` against a model with a small queue.
-
-    Retries are unbounded in count (a 120 s budget), so every image is accepted in the
-    end and the two modes differ only in how they back off. Single-image requests.
-    """
-    config = ClientConfig(
-        overload_gate=gate,
-        max_in_flight=max_in_flight,
-        max_retries=1_000_000,
-        retry_budget_s=120.0,
-        backoff_base_s=backoff_base_s,
-        backoff_max_s=backoff_max_s,
-        deduplicate_inputs=False,
-    )
-    with VisionClient(url, model, config=config) as client:
-        client.model_info().result(60)
-        started = time.perf_counter()
-        batch = client.batch_embed_images(sources).result(300)
-        seconds = time.perf_counter() - started
-        stats = client.stats()
-    return OverloadFigures(
-        gate=gate,
-        images=len(sources),
-        accepted=len(sources) - len(batch.errors),
-        seconds=seconds,
-        requests=stats.requests,
-    )
-
 
 @pytest.fixture(scope="module")
-def small_queue_server(
-    tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+def small_queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """ONE extra tritonserver: a model that sleeps 30 ms per execute, batch 1, queue of 1."""
-    from test_hardening_faults import SLOW_MODEL_PY, SPEC_PARAMETER, _slow_config
-
-    from tritonvision.serve import LocalTriton, ServerPorts, free_port
-    from tritonvision.serve._runtime_repo import read_model_config
-
-    source = read_model_config(tiny_repository / "tiny_clip" / "config.pbtxt")
-    spec_json = source.parameters[SPEC_PARAMETER].string_value
-    repo = tmp_path_factory.mktemp("overload-repo")
-    (repo / SLOW / "1").mkdir(parents=True)
-    (repo / SLOW / "1" / "model.py").write_text(SLOW_MODEL_PY)
-    (repo / SLOW / "config.pbtxt").write_text(_slow_config(SLOW, spec_json, delay_s=0.03, queue=1))
-    ports = ServerPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    server = LocalTriton(repo, ports=ports, workdir=tmp_path_factory.mktemp("overload-work"))
-    server.start(ready_timeout_s=120)
-    try:
+    with _small_queue_server(tmp_path_factory.mktemp("overload")) as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(repo, ignore_errors=True)
 
 
 @pytest.mark.e2e
@@ -337,18 +240,10 @@ def small_queue_server(
 def test_overload_gate_against_per_request_backoff_on_a_queue_of_one(
     small_queue_server: Any,
 ) -> None:
-    from test_hardening_faults import image_bytes
-
-    sources = [image_bytes(i) for i in range(50)]
-    url = small_queue_server.http_url
-    measure_overload(url, SLOW, sources[:20], gate=True)  # warm up the stub
+    sources = overload_images(50)
     # Rounds alternate between the modes, so a change in the machine's load (CI shares
     # its cores) falls on both alike.
-    rounds: dict[bool, list[OverloadFigures]] = {False: [], True: []}
-    for _ in range(3):
-        for gate in (False, True):
-            rounds[gate].append(measure_overload(url, SLOW, sources, gate=gate))
-    off, on = (OverloadFigures.total(rounds[gate]) for gate in (False, True))
+    off, on = compare_overload(small_queue_server.http_url, SLOW_QUEUE1, sources, rounds=3)
     print("\noverload, queue of 1, 30 ms per execute, 16 in flight, 3 alternating rounds:")
     print("  " + off.describe())
     print("  " + on.describe())

@@ -33,6 +33,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tritonvision.bench._slow_model import SLOW_MODEL_PY
+from tritonvision.bench._slow_model import slow_model_config as _slow_config
 from tritonvision.client import (
     ClientClosed,
     ClientConfig,
@@ -58,61 +60,10 @@ SPEC_PARAMETER = PARAM_PREPROCESSING
 # --------------------------------------------------------------------------- servers
 
 
-SLOW_MODEL_PY = '''\
-"""Test-only python-backend encoder: sleeps per execute, embeds by channel means."""
-
-import json
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = config.get("parameters", {})
-        self.delay_s = float(params["test.delay_s"]["string_value"])
-        self.dim = int(config["output"][0]["dims"][0])
-
-    def execute(self, requests):
-        time.sleep(self.delay_s)
-        responses = []
-        for request in requests:
-            pixels = pb_utils.get_input_tensor_by_name(request, "pixels").as_numpy()
-            out = pb_utils.Tensor("embeddings", embed(pixels, self.dim))
-            responses.append(pb_utils.InferenceResponse([out]))
-        return responses
-
-
-def embed(pixels, dim):
-    means = pixels.reshape(len(pixels), -1, 3).astype(np.float32).mean(axis=1) / 255.0
-    return np.ascontiguousarray(np.tile(means, (1, dim // 3 + 1))[:, :dim], dtype=np.float32)
-'''
-
-
 def expected_embedding(pixels: np.ndarray, dim: int = 16) -> np.ndarray:
     """What the test-only model answers for one image's pixels (mirrors ``embed``)."""
     means = pixels.reshape(-1, 3).astype(np.float32).mean(axis=0) / 255.0
     return np.tile(means, dim // 3 + 1)[:dim].astype(np.float32)
-
-
-def _slow_config(name: str, spec_json: str, *, delay_s: float, queue: int | None) -> str:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=1)
-    cfg.input.add(name="pixels", data_type=mc.TYPE_UINT8, dims=[32, 32, 3])
-    cfg.output.add(name="embeddings", data_type=mc.TYPE_FP32, dims=[16])
-    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    batching = cfg.dynamic_batching
-    if queue is not None:
-        batching.default_queue_policy.max_queue_size = queue
-    else:
-        batching.SetInParent()
-    cfg.parameters[SPEC_PARAMETER].string_value = spec_json
-    cfg.parameters["test.delay_s"].string_value = str(delay_s)
-    return text_format.MessageToString(cfg)
 
 
 @pytest.fixture(scope="module")
