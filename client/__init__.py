@@ -33,9 +33,9 @@ settings and their defaults are the fields of :class:`ClientConfig`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tritonvision._lazy import lazy_attributes
 from tritonvision.contract import PreprocessSpec
 from tritonvision.errors import (
     AuthenticationError,
@@ -67,6 +67,7 @@ _LAZY: dict[str, str] = {
     "AsyncVisionClient": "_async_client",
     "ClientState": "_async_client",
     "ClientConfig": "_config",
+    "ConfigOverrides": "_config",
     "parse_header": "_config",
     "FetchConfig": "_fetch",
     "ModelInfo": "_model_info",
@@ -81,7 +82,7 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from ._async_client import AsyncVisionClient, ClientState
-    from ._config import ClientConfig, parse_header
+    from ._config import ClientConfig, ConfigOverrides, parse_header
     from ._fetch import FetchConfig
     from ._model_info import ModelInfo
     from ._results import BatchEmbedding
@@ -95,17 +96,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
 
 
 __all__ = [
@@ -118,6 +109,7 @@ __all__ = [
     "ClientConfig",
     "ClientState",
     "ClientStats",
+    "ConfigOverrides",
     "DecodeError",
     "DecompressionBomb",
     "FetchConfig",

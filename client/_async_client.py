@@ -22,10 +22,10 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
@@ -35,7 +35,7 @@ from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec
 from tritonvision.errors import ClientClosed, InvalidInput, RuntimeUnavailable
 
 from ._coalesce import Coalescer, coalesced_batch_size
-from ._config import ClientConfig
+from ._config import ClientConfig, ConfigOverrides
 from ._fetch import PolicyResolver
 from ._gate import OverloadGate
 from ._inputs import (
@@ -56,6 +56,9 @@ from ._retry import Retrier, RetryPolicy
 from ._sources import ImageSource
 from ._stats import ClientStats, StatsRecorder
 from ._transports import Transport, make_transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncVisionClient", "ClientState"]
 
@@ -92,25 +95,10 @@ class AsyncVisionClient:
         config: ClientConfig | None = None,
         preprocessing: PreprocessSpec | None = None,
         model_version: str = "",
-        request_timeout_s: float | None = None,
-        max_in_flight: int | None = None,
-        pack_batch_size: int | None = None,
-        decode_workers: int | None = None,
-        allow_private_addresses: bool | None = None,
-        headers: Mapping[str, str] | None = None,
-        allow_local_files: bool | None = None,
+        **overrides: Unpack[ConfigOverrides],
     ) -> None:
-        overrides: dict[str, Any] = {
-            "request_timeout_s": request_timeout_s,
-            "max_in_flight": max_in_flight,
-            "pack_batch_size": pack_batch_size,
-            "decode_workers": decode_workers,
-            "allow_private_addresses": allow_private_addresses,
-            "headers": headers,
-            "allow_local_files": allow_local_files,
-        }
         base = config if config is not None else ClientConfig()
-        self._config = cfg = base.replace(**{k: v for k, v in overrides.items() if v is not None})
+        self._config = cfg = base.with_overrides(overrides)
         if not isinstance(model, str) or not model:
             raise InvalidInput(f"model must be a model name, got {model!r}")
         self._url = url

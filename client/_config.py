@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from tritonvision.contract import DEFAULT_MAX_IMAGE_PIXELS
 from tritonvision.errors import InvalidInput
@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_RETRY_BUDGET_S",
     "ENV_PREFIX",
     "ClientConfig",
+    "ConfigOverrides",
     "parse_header",
 ]
 
@@ -97,6 +98,23 @@ def _checked_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
             )
         seen[name.lower()] = name
     return types.MappingProxyType(dict(headers))
+
+
+class ConfigOverrides(TypedDict, total=False):
+    """``ClientConfig`` fields the clients also take as keywords (``None`` keeps the config's).
+
+    ``AsyncVisionClient(url, model, max_in_flight=8)`` is
+    ``AsyncVisionClient(url, model, config=ClientConfig().replace(max_in_flight=8))``;
+    ``allow_private_addresses`` reaches ``ClientConfig.fetch``.
+    """
+
+    request_timeout_s: float | None
+    max_in_flight: int | None
+    pack_batch_size: int | None
+    decode_workers: int | None
+    allow_private_addresses: bool | None
+    headers: Mapping[str, str] | None
+    allow_local_files: bool | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,6 +222,16 @@ class ClientConfig:
         if self.max_lookahead_items is not None:
             return self.max_lookahead_items
         return max(2 * self.max_in_flight * self.pack_batch_size, 2 * self.decode_workers)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> ClientConfig:
+        """A copy with the :class:`ConfigOverrides` given (``None`` values ignored).
+
+        Raises ``TypeError`` for a keyword that is not an override, as a call would.
+        """
+        unknown = set(overrides) - set(ConfigOverrides.__annotations__)
+        if unknown:
+            raise TypeError(f"unexpected client keyword argument(s): {', '.join(sorted(unknown))}")
+        return self.replace(**{k: v for k, v in overrides.items() if v is not None})
 
     def replace(self, **changes: Any) -> ClientConfig:
         """A copy with some fields changed; ``allow_private_addresses`` reaches ``fetch``."""

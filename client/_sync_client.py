@@ -15,8 +15,8 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +25,15 @@ from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec
 from tritonvision.errors import ClientClosed
 
 from ._async_client import AsyncVisionClient
-from ._config import ClientConfig
+from ._config import ClientConfig, ConfigOverrides
 from ._model_info import ModelInfo
 from ._results import BatchEmbedding
 from ._runtime import RuntimeFuture, SharedRuntime
 from ._sources import ImageSource
 from ._stats import ClientStats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["PendingBatchEmbedding", "PendingEmbedding", "PendingModelInfo", "VisionClient"]
 
@@ -70,13 +73,7 @@ class VisionClient:
         config: ClientConfig | None = None,
         preprocessing: PreprocessSpec | None = None,
         model_version: str = "",
-        request_timeout_s: float | None = None,
-        max_in_flight: int | None = None,
-        pack_batch_size: int | None = None,
-        decode_workers: int | None = None,
-        allow_private_addresses: bool | None = None,
-        headers: Mapping[str, str] | None = None,
-        allow_local_files: bool | None = None,
+        **overrides: Unpack[ConfigOverrides],
     ) -> None:
         # Loop-bound resources are not made here: the async client builds them on the
         # runtime's loop during its first call.
@@ -86,13 +83,7 @@ class VisionClient:
             config=config,
             preprocessing=preprocessing,
             model_version=model_version,
-            request_timeout_s=request_timeout_s,
-            max_in_flight=max_in_flight,
-            pack_batch_size=pack_batch_size,
-            decode_workers=decode_workers,
-            allow_private_addresses=allow_private_addresses,
-            headers=headers,
-            allow_local_files=allow_local_files,
+            **overrides,
         )
         self._runtime = SharedRuntime()
         # If the loop dies, its last act closes the session on that loop.

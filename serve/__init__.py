@@ -17,8 +17,9 @@ Example::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tritonvision._lazy import lazy_attributes
 
 # Loaded on first use (PEP 562): Triton's python-backend stub imports
 # ``tritonvision.serve.backends.*``, and that must not pull in the launcher's dependencies
@@ -46,17 +47,7 @@ if TYPE_CHECKING:
     from ._server import DEFAULT_PORTS, LocalTriton, ServerPorts, free_port
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(globals(), _LAZY)
 
 
 __all__ = [

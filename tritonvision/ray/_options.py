@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tritonvision.client import ClientConfig, VisionClient
+from tritonvision.client import ClientConfig, ConfigOverrides, VisionClient
 from tritonvision.errors import InvalidInput
 
 __all__ = ["ClientOptions", "normalise_urls", "split_client_options"]
@@ -40,7 +40,8 @@ def split_client_options(options: Mapping[str, Any]) -> ClientOptions:
         name
         for name, p in inspect.signature(VisionClient).parameters.items()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    } - _RESERVED
+    } | set(ConfigOverrides.__annotations__)
+    client_params -= _RESERVED
     config_fields = {f.name for f in dataclasses.fields(ClientConfig)}
     client_kwargs: dict[str, Any] = {}
     config_changes: dict[str, Any] = {}
