@@ -1,12 +1,15 @@
 """Export vision encoders to ONNX and write Triton model repositories.
 
-``export_model(ExportOptions(...))`` loads a CLIP/SigLIP checkpoint (or builds the built-in,
-UNTRAINED CLIP ViT-B/32), exports ``pixels uint8 [N,H,W,3] -> embeddings fp32 [N,D]`` to one
-ONNX file, validates it against PyTorch with ONNX Runtime (a mismatch raises
-:class:`ExportValidationError`), and writes the encoder, preprocess and ensemble models of
-docs/DESIGN.md, using the names of :mod:`tritonvision.contract`. ``write_repository_configs``
-writes the configs alone; ``verify_server`` compares a live Triton with PyTorch. Errors derive
-from :class:`ExportError`, a branch of :class:`tritonvision.errors.TritonVisionError`.
+``export_model(ExportOptions(...))`` loads a checkpoint of any registered family
+(:data:`ENCODER_FAMILIES`: CLIP, SigLIP, DINOv2, transformers vision backbones with a pooled
+output), or builds the built-in, UNTRAINED CLIP ViT-B/32; ``export_module(module,
+preprocess=...)`` takes your own ``torch.nn.Module``. Either way it exports
+``pixels uint8 [N,H,W,3] -> embeddings fp32 [N,D]`` to one ONNX file, validates it against
+PyTorch with ONNX Runtime (a mismatch raises :class:`ExportValidationError`), and writes the
+encoder, preprocess and ensemble models of docs/DESIGN.md, using the names of
+:mod:`tritonvision.contract`. ``write_repository_configs`` writes the configs alone;
+``verify_server`` compares a live Triton with PyTorch. Errors derive from
+:class:`ExportError`, a branch of :class:`tritonvision.errors.TritonVisionError`.
 
 Importing this package is cheap: torch, onnx, onnxruntime and transformers are imported
 inside the functions that need them.
@@ -14,7 +17,7 @@ inside the functions that need them.
 
 from __future__ import annotations
 
-from ._api import ExportResult, export_encoder, export_model
+from ._api import ExportResult, export_encoder, export_model, export_module
 from ._encoders import (
     BUILTIN_CLIP_CONFIG,
     BUILTIN_SOURCE,
@@ -26,8 +29,15 @@ from ._encoders import (
     builtin_encoder_info,
     describe_checkpoint,
     load_encoder,
+    module_encoder,
 )
-from ._errors import CheckpointError, ExportError, ExportValidationError, VerificationError
+from ._errors import (
+    CheckpointError,
+    ExportError,
+    ExportValidationError,
+    OnnxExportError,
+    VerificationError,
+)
 from ._options import (
     DEFAULT_INSTANCES,
     DEFAULT_MAX_BATCH_SIZE,
@@ -70,6 +80,7 @@ __all__ = [
     "ExportResult",
     "ExportValidationError",
     "LoadedEncoder",
+    "OnnxExportError",
     "RepositoryFiles",
     "Tolerance",
     "ValidationReport",
@@ -81,7 +92,9 @@ __all__ = [
     "describe_model",
     "export_encoder",
     "export_model",
+    "export_module",
     "load_encoder",
+    "module_encoder",
     "repository_files",
     "sample_images",
     "validate_onnx",

@@ -6,7 +6,9 @@
     └── ExportError                    the exporter could not produce or confirm a model
         ├── CheckpointError (ValueError)   the checkpoint directory cannot be exported as given
         ├── ExportValidationError          the ONNX model does not match PyTorch (names, shapes,
-        │                                  values; ``problems``, ``reports``)
+        │   │                              values; ``problems``, ``reports``), or the module
+        │   │                              does not give [N, D] embeddings
+        │   └── OnnxExportError            torch.onnx.export could not convert the module
         └── VerificationError              a live Triton model does not match PyTorch (``report``)
 
 They pickle with their fields (``TritonVisionError.__reduce__``), so they cross process pools.
@@ -20,7 +22,13 @@ from tritonvision.errors import TritonVisionError
 
 from ._reports import ValidationReport, VerifyReport
 
-__all__ = ["CheckpointError", "ExportError", "ExportValidationError", "VerificationError"]
+__all__ = [
+    "CheckpointError",
+    "ExportError",
+    "ExportValidationError",
+    "OnnxExportError",
+    "VerificationError",
+]
 
 
 class ExportError(TritonVisionError):
@@ -55,6 +63,14 @@ class ExportValidationError(ExportError):
         super().__init__(message)
         self.problems = tuple(problems)
         self.reports = tuple(reports)
+
+
+class OnnxExportError(ExportValidationError):
+    """``torch.onnx.export`` (or the ONNX checker) failed on the module: nothing was exported.
+
+    A subclass of :class:`ExportValidationError`, so one ``except`` covers every way an
+    export can fail to produce a model that matches PyTorch.
+    """
 
 
 class VerificationError(ExportError):

@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._errors import OnnxExportError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -59,22 +61,28 @@ def export_onnx(
     dummy = family.make_dummy_input(_DUMMY_BATCH, height, width, 0)
     (batch_axis,) = family.dynamic_axes[family.input_name].values()
     dynamic_shapes = {family.input_name: {0: torch.export.Dim(batch_axis, min=1)}}
-    with _quiet_exporter_logs():
-        program = torch.onnx.export(
-            module,
-            (dummy,),
-            dynamo=True,
-            opset_version=family.opset,
-            input_names=[family.input_name],
-            output_names=[family.output_name],
-            dynamic_shapes=dynamic_shapes,
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
-    if program is None:  # only None when `f` is given; keeps the type checker honest
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.model.metadata_props.update(metadata)
-    program.save(path, external_data=False)
-    # A path (not a loaded proto) lets the checker handle any size.
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        with _quiet_exporter_logs():
+            program = torch.onnx.export(
+                module,
+                (dummy,),
+                dynamo=True,
+                opset_version=family.opset,
+                input_names=[family.input_name],
+                output_names=[family.output_name],
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+        if program is None:  # only None when `f` is given; keeps the type checker honest
+            raise RuntimeError("torch.onnx.export returned no program")
+        program.model.metadata_props.update(metadata)
+        program.save(path, external_data=False)
+        # A path (not a loaded proto) lets the checker handle any size.
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:  # the exporter raises many kinds; each means "no ONNX model"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        problem = f"ONNX export of the {family.name} encoder failed: {type(exc).__name__}: "
+        problem += first_line
+        raise OnnxExportError(problem, problems=[problem]) from exc

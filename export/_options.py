@@ -41,12 +41,18 @@ class ExportOptions:
     """What to export and how the Triton repository serves it.
 
     ``checkpoint=None`` exports the built-in default (seeded, UNTRAINED CLIP ViT-B/32).
+    ``pooling`` picks the embedding of a family that offers several (DINOv2: ``cls``, the
+    default, or ``cls+mean``); ``None`` takes the family's default.
     ``tensorrt`` adds ORT's TensorRT accelerator (FP16) to the encoder config: the GPU
     deployment's choice; Triton only applies it to GPU instances. ``max_image_pixels`` is
     the preprocess model's decompression-bomb limit (written as ``PARAM_MAX_IMAGE_PIXELS``).
+    ``response_cache`` writes ``response_cache { enable: true }`` on the encoder and the
+    ensemble (not on the python-backend preprocess model: an ensemble hit skips it, a miss
+    re-decodes); Triton uses it only when started with a cache (``serve --cache-size``).
     """
 
     checkpoint: Path | None = None
+    pooling: str | None = None
     repository: Path = DEFAULT_REPOSITORY
     name: str = DEFAULT_MODEL
     version: int = DEFAULT_VERSION
@@ -60,6 +66,7 @@ class ExportOptions:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     tensorrt: bool = True
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    response_cache: bool = False
     validation_batch_sizes: tuple[int, ...] = field(default=DEFAULT_VALIDATION_BATCH_SIZES)
 
     def __post_init__(self) -> None:
@@ -78,6 +85,11 @@ class ExportOptions:
         ):
             if getattr(self, attr) < 1:
                 raise ValueError(f"{attr}={getattr(self, attr)!r} must be >= 1")
+        if self.pooling is not None and self.checkpoint is None:
+            raise ValueError(
+                f"pooling={self.pooling!r} needs a checkpoint; the built-in default has one "
+                "embedding"
+            )
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us={self.max_queue_delay_us!r} must be >= 0")
         if self.max_queue_size < 1:

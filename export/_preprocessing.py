@@ -1,8 +1,10 @@
 """The preprocessing spec an export publishes, read through the contract's ``PreprocessSpec``.
 
 ``tritonvision.contract.PreprocessSpec`` is the one reader and writer of the spec (DESIGN.md),
-so the exporter publishes exactly what the client and the preprocess model parse. This module
-only adds the export-side knowledge: which family's defaults apply, and turning the spec's
+and :meth:`~tritonvision.contract.PreprocessSpec.from_hf_processor_config` the one reader of
+transformers' processor rules, so the exporter publishes exactly what the client and the
+preprocess model parse. This module only adds the export-side knowledge: which image processor
+a family's checkpoints mean when their config names none, and turning the spec's
 ``ModelConfigError`` into a :class:`CheckpointError` that names the checkpoint.
 """
 
@@ -17,29 +19,29 @@ from tritonvision.errors import ModelConfigError
 
 from ._errors import CheckpointError
 
-__all__ = ["default_spec", "spec_from_processor_config"]
-
-# The image processor whose defaults stand in for keys a processor config leaves out.
-_PROCESSOR_TYPES = {"clip": "CLIPImageProcessor", "siglip": "SiglipImageProcessor"}
-
-
-def default_spec(family: str, image_size: int) -> PreprocessSpec:
-    """The family's preprocessing for a checkpoint without ``preprocessor_config.json``."""
-    if family == "siglip":
-        return PreprocessSpec.siglip_default(image_size)
-    return PreprocessSpec.clip_default(image_size)
+__all__ = ["spec_from_processor_config"]
 
 
 def spec_from_processor_config(
-    config: Mapping[str, Any], *, family: str, path: Path | None = None
+    config: Mapping[str, Any], *, processor_type: str | None, path: Path | None = None
 ) -> PreprocessSpec:
-    """Read a transformers ``preprocessor_config.json`` (already parsed)."""
+    """Read a transformers ``preprocessor_config.json`` (already parsed).
+
+    ``processor_type`` is the image processor the family's checkpoints use when the config
+    names none (``None``: such a config is refused, its resize rule being unknown).
+    """
+    where = f"{path}: " if path is not None else ""
     if not (config.get("image_processor_type") or config.get("feature_extractor_type")):
+        if processor_type is None:
+            raise CheckpointError(
+                f"{where}preprocessor config names no image_processor_type, so its resize rule "
+                "is unknown",
+                checkpoint=path,
+            )
         # PreprocessSpec picks the processor's defaults by this key; without it, the
         # checkpoint's family decides.
-        config = {**config, "image_processor_type": _PROCESSOR_TYPES[family]}
+        config = {**config, "image_processor_type": processor_type}
     try:
         return PreprocessSpec.from_hf_processor_config(config)
     except ModelConfigError as exc:
-        where = f"{path}: " if path is not None else ""
         raise CheckpointError(f"{where}{exc.message}", checkpoint=path) from exc

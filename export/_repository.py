@@ -88,7 +88,9 @@ def describe_model(options: ExportOptions) -> EncoderInfo:
     """What ``options`` would publish, without loading weights."""
     if options.checkpoint is None:
         return builtin_encoder_info(normalize=options.normalize, fp16=options.fp16)
-    return describe_checkpoint(options.checkpoint, normalize=options.normalize, fp16=options.fp16)
+    return describe_checkpoint(
+        options.checkpoint, normalize=options.normalize, fp16=options.fp16, pooling=options.pooling
+    )
 
 
 def _pb() -> Any:
@@ -152,6 +154,8 @@ def encoder_config(options: ExportOptions, info: EncoderInfo) -> model_config_pb
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
         accelerator.parameters.update(TENSORRT_PARAMETERS)
+    if options.response_cache:
+        config.response_cache.enable = True
     _set_parameters(config, info)
     return config
 
@@ -217,6 +221,9 @@ def ensemble_config(options: ExportOptions, info: EncoderInfo) -> model_config_p
             ]
         ),
     )
+    if options.response_cache:
+        # Triton caches the ensemble's own (top-level) responses: a hit skips decoding too.
+        config.response_cache.enable = True
     _set_parameters(config, info)
     return config
 

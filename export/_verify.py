@@ -26,7 +26,13 @@ from tritonvision.contract import (
 )
 from tritonvision.errors import ModelConfigError
 
-from ._encoders import LoadedEncoder, builtin_encoder, load_encoder
+from ._encoders import (
+    ENCODER_FAMILIES,
+    LoadedEncoder,
+    builtin_encoder,
+    describe_checkpoint,
+    load_encoder,
+)
 from ._errors import VerificationError
 from ._reports import VerifyReport
 from ._validate import compare_embeddings
@@ -107,6 +113,21 @@ def _uses_fp16(config: Mapping[str, Any], params: Mapping[str, str]) -> bool:
     )
 
 
+def _reference_encoder(checkpoint: Path | None, served_dim: str) -> LoadedEncoder:
+    """The PyTorch encoder to compare with: ``checkpoint`` loaded, else the built-in default.
+
+    A family with several embeddings (DINOv2: ``cls`` [N, D], ``cls+mean`` [N, 2D]) publishes
+    only ``D``; its poolings differ in ``D``, so the served ``D`` says which one to load.
+    """
+    if checkpoint is None:
+        return builtin_encoder()
+    family = ENCODER_FAMILIES[describe_checkpoint(checkpoint).family]
+    for pooling in family.poolings:
+        if str(describe_checkpoint(checkpoint, pooling=pooling).embedding_dim) == served_dim:
+            return load_encoder(checkpoint, pooling=pooling)
+    return load_encoder(checkpoint)
+
+
 def verify_model(
     config: Mapping[str, Any],
     infer: Infer,
@@ -119,7 +140,8 @@ def verify_model(
 
     ``config`` is the encoder's model config as Triton's HTTP API returns it; ``infer`` sends
     uint8 pixels [N, H, W, 3] to it and returns the embeddings [N, D]. The reference is
-    ``encoder``, else ``checkpoint`` loaded, else the built-in default.
+    ``encoder`` (e.g. :func:`module_encoder` of your own module), else ``checkpoint`` loaded
+    (with the pooling whose size the server publishes), else the built-in default.
     """
     import numpy as np
     import torch
@@ -137,7 +159,7 @@ def verify_model(
         raise VerificationError(f"{name}: {exc.message}") from exc
 
     if encoder is None:
-        encoder = load_encoder(checkpoint) if checkpoint is not None else builtin_encoder()
+        encoder = _reference_encoder(checkpoint, params[PARAM_EMBEDDING_DIM])
     problems: list[str] = []
     served = {
         PARAM_FAMILY: encoder.family.name,

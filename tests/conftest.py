@@ -47,7 +47,10 @@ def tiny_clip_config() -> object:
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding the tiny CLIP encoder, its preprocess model and ensemble."""
+    """A model repository holding the tiny CLIP encoder, its preprocess model and ensemble,
+    and beside it one tiny encoder of each other family (``tests/_tiny_families.py``)."""
+    from _tiny_families import export_tiny_families
+
     from tritonvision.export import ExportOptions, builtin_encoder, export_encoder
 
     repo = tmp_path_factory.mktemp("repo")
@@ -55,6 +58,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         builtin_encoder(tiny_clip_config()),
         ExportOptions(repository=repo, name=TINY_MODEL, max_batch_size=16, max_queue_delay_us=5000),
     )
+    export_tiny_families(repo, tmp_path_factory.mktemp("family-checkpoints"))
     return repo
 
 

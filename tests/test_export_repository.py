@@ -287,8 +287,8 @@ def test_processor_output_size_must_match_the_model(tmp_path: Path) -> None:
 
 
 def test_unknown_model_type_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text('{"model_type": "vit"}')
-    with pytest.raises(CheckpointError, match="unsupported model_type 'vit'"):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match="unsupported model_type 'bert'"):
         describe_model(ExportOptions(checkpoint=tmp_path))
 
 

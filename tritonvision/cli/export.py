@@ -20,6 +20,7 @@ from tritonvision.export import (
     DEFAULT_PREPROCESS_INSTANCES,
     DEFAULT_REPOSITORY,
     DEFAULT_VERSION,
+    ENCODER_FAMILIES,
     EncoderInfo,
     ExportOptions,
 )
@@ -41,7 +42,8 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
     """Add ``export`` to the ``tritonvision`` subcommands."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "export",
-        help="export a CLIP/SigLIP vision encoder to ONNX and write a Triton model repository",
+        help="export a vision encoder (CLIP, SigLIP, DINOv2, transformers backbones) to ONNX "
+        "and write a Triton model repository",
         description=(
             "Export a vision encoder (a local transformers checkpoint, or the built-in UNTRAINED "
             "CLIP ViT-B/32) to ONNX, validate it against PyTorch with ONNX Runtime, and write "
@@ -51,8 +53,16 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         type=Path,
-        help="transformers checkpoint directory (CLIP or SigLIP; read offline). "
+        help="transformers checkpoint directory, its family read from config.json (CLIP, "
+        "SigLIP, DINOv2, ViT/DeiT/BEiT/Swin/ConvNeXt backbones; read offline). "
         "Default: the built-in, UNTRAINED CLIP ViT-B/32",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=sorted({p for family in ENCODER_FAMILIES.values() for p in family.poolings}),
+        help="the embedding, for a family that offers several: DINOv2 'cls' (default: the "
+        "final-layer-normed CLS token) or 'cls+mean' (CLS and the mean patch token "
+        "concatenated, [2D]: DINOv2's linear-probe input)",
     )
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="%(default)s")
     parser.add_argument("--name", default=DEFAULT_MODEL, help="model name (default %(default)s)")
@@ -115,6 +125,13 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         help="leave out the TensorRT (FP16) accelerator in the encoder config",
     )
     parser.add_argument(
+        "--response-cache",
+        action="store_true",
+        help="enable Triton's response cache on NAME and NAME_images: a repeated image is "
+        "answered from the cache, not computed again (needs a server cache: "
+        "`tritonvision serve --cache-size BYTES`, or tritonserver --cache-config)",
+    )
+    parser.add_argument(
         "--configs-only",
         action="store_true",
         help="write the configs and the preprocess shim only, no model.onnx (no torch needed "
@@ -127,6 +144,7 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
 def _options_from(args: argparse.Namespace) -> ExportOptions:
     return ExportOptions(
         checkpoint=args.checkpoint,
+        pooling=args.pooling,
         repository=args.repository,
         name=args.name,
         version=args.version,
@@ -140,6 +158,7 @@ def _options_from(args: argparse.Namespace) -> ExportOptions:
         max_queue_size=args.max_queue_size,
         tensorrt=args.tensorrt,
         max_image_pixels=args.max_image_pixels,
+        response_cache=args.response_cache,
     )
 
 
