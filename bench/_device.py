@@ -10,7 +10,7 @@ section naming the card) into the output folder.
 ``dry_run=True`` is the same pipeline on this CPU machine with small counts: the tiny
 encoder, ``--device cpu``, perf_analyzer only if it is already set up (never downloaded),
 the GPU decoder reported as skipped with its reason. The test suite runs it
-(``tests/test_bench_device.py``) so the script cannot rot.
+(``tests/e2e/test_bench_device.py``) so the script cannot rot.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = 1
 BUDGET_S = 480.0  # the whole script, installs included, on a fresh GPU machine
 # The decode parity tolerance the client's fast path meets against transformers
-# (tests/test_imaging.py), after normalisation: see tritonvision.serve._device.
+# (tests/unit/test_client_imaging.py), after normalisation: see tritonvision.serve._device.
 TOLERANCE_MAX = 0.1
 TOLERANCE_MEAN = 0.006
 

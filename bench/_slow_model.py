@@ -1,7 +1,7 @@
 """A python-backend encoder that sleeps per execute: a server that is slow on purpose.
 
 Scenario 8 serves it behind a queue of one so that Triton answers 503 "queue full" under
-load; the fault tests (``tests/test_hardening_faults.py``, ``tests/test_client_overload.py``)
+load; the fault tests (``tests/e2e/test_client_faults.py``, ``tests/e2e/test_client_overload.py``)
 use the same model. It publishes a :class:`~tritonvision.contract.PreprocessSpec` like an
 exported encoder, so our client preprocesses for it as for any other model, and embeds an
 image as its channel means, tiled to 16 values. Configs are written through

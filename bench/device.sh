@@ -6,7 +6,7 @@
 #                                  perf_analyzer over concurrency 1..256, client end to end;
 #                                  writes OUT/device.json and OUT/device.md (names the card)
 #   bench/device.sh OUT --dry-run  the same pipeline on CPU with small counts: no installs,
-#                                  no downloads, the tiny encoder (tests/test_bench_device.py)
+#                                  no downloads, the tiny encoder (tests/e2e/test_bench_device.py)
 #
 # Installs into $DEVICE_VENV (default .venv-device): CPU torch pinned as the Makefile pins
 # it (export only needs the CPU), this package with [export,serve], onnxruntime-gpu in place

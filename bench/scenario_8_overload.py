@@ -15,7 +15,7 @@ rejected requests per accepted image, which each side's detail gives): higher is
 for both, as for every row of the report.
 
 :func:`measure_overload`, :func:`compare_overload`, :func:`overload_images` and
-:func:`small_queue_server` are usable outside the runner (``tests/test_client_overload.py``
+:func:`small_queue_server` are usable outside the runner (``tests/e2e/test_client_overload.py``
 runs the same comparison).
 """
 

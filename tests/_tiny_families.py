@@ -1,7 +1,7 @@
 """Tiny random encoders of the DINOv2, backbone and module families (no downloads).
 
 The session repository (``tests/conftest.py``'s ``tiny_repository``) exports and serves them
-beside the tiny CLIP; ``tests/test_export_families.py`` checks them against their own
+beside the tiny CLIP; ``tests/e2e/test_export_families.py`` checks them against their own
 pipelines. Checkpoints are made from transformers configs with fixed seeds and saved with
 ``save_pretrained`` together with their image processor, as a real checkpoint ships.
 """

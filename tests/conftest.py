@@ -86,3 +86,13 @@ def triton(tiny_repository: Path) -> Iterator[TritonFixture]:
         )
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark by tier: ``tests/unit`` needs no Triton; ``tests/e2e`` starts the real tritonserver."""
+    for item in items:
+        parts = item.path.parts
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+        elif "unit" in parts:
+            item.add_marker(pytest.mark.unit)

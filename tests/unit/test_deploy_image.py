@@ -33,7 +33,7 @@ from tritonvision.deploy import (
     TRITON_RELEASE,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 REQUIREMENTS = ROOT / "deploy" / "docker" / "requirements.txt"
 COMPOSE = ROOT / "docker-compose.yml"

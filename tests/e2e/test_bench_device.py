@@ -16,7 +16,7 @@ import pytest
 
 from tritonvision.bench._device import DRY_RUN, FULL, gpu_cards, markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _number(value: Any) -> bool:

@@ -18,9 +18,9 @@ Three parts, all against the session's real ``tritonserver`` (``tests/conftest.p
   off by the limits.
 - Credentials in URLs never reach error messages.
 
-``tests/test_imaging.py`` (modes, bad bytes, bombs at the function level),
-``tests/test_fetch.py`` (``fetch_url`` against the same kinds of servers) and
-``tests/test_sources.py`` (classification, limits) cover the units; this file adds the
+``tests/unit/test_client_imaging.py`` (modes, bad bytes, bombs at the function level),
+``tests/unit/test_client_fetch.py`` (``fetch_url`` against the same kinds of servers) and
+``tests/unit/test_client_sources.py`` (classification, limits) cover the units; this file adds the
 end-to-end versions and the gaps.
 """
 

@@ -25,7 +25,7 @@ from tritonvision.serve import (
     free_port,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repository"
 
 

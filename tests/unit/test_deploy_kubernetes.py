@@ -40,7 +40,7 @@ from tritonvision.deploy import (
 )
 from tritonvision.errors import InvalidInput, ModelConfigError
 
-REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 K8S_VERSION = "1.30.0"
 CORE_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler"}
 CUSTOM_KINDS = {"InferenceService", "ServingRuntime", "ServiceMonitor"}

@@ -432,7 +432,7 @@ def test_gpu_decoder_decodes_one_by_one_when_a_batch_item_fails() -> None:
 def test_gpu_decoded_pixels_stay_within_the_client_parity_tolerance() -> None:
     # Only the decode step changes: a full decode + the same resize/crop against Pillow's
     # fast path (JPEG draft). The tolerance is the one the client's fast path meets
-    # against transformers in tests/test_imaging.py.
+    # against transformers in tests/unit/test_client_imaging.py.
     decoder = NvJpegDecoder(_fake_nvimgcodec())
     for size in ((640, 480), (1920, 1080), (500, 1300)):
         data = _photo(*size)

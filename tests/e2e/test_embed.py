@@ -38,7 +38,7 @@ from tritonvision.embed import (
     expand_inputs,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------- test data

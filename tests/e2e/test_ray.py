@@ -73,7 +73,7 @@ FAST_FAIL = {"max_retries": 1, "connect_timeout_s": 2.0, "request_timeout_s": 20
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
     """One local Ray runtime for the session; test modules are importable by workers."""
-    tests_dir = str(Path(__file__).resolve().parent)
+    tests_dir = str(Path(__file__).resolve().parents[1])
     ray.init(
         num_cpus=2,
         include_dashboard=False,

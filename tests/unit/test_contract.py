@@ -1,6 +1,6 @@
 """The served-model contract (tritonvision.contract) and docs/DESIGN.md, which lists it.
 
-PreprocessSpec's readers, writers and round trips are tested in tests/test_imaging.py.
+PreprocessSpec's readers, writers and round trips are tested in tests/unit/test_client_imaging.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tritonvision.contract import (
     PreprocessSpec,
 )
 
-DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "DESIGN.md"
 # A table row whose first two cells are back-quoted: | `a` | `b` | ...
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*`([^`]+)`\s*\|", re.MULTILINE)
 

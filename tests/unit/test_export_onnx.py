@@ -150,7 +150,7 @@ def _pixels(batch: int, size: int = 32, seed: int = 7) -> np.ndarray:
 
 def test_every_registered_family_has_a_tiny_export_case() -> None:
     # CLIP and SigLIP here; DINOv2, backbones and own modules in tests/_tiny_families.py,
-    # exported into the session repository and checked by tests/test_export_families.py.
+    # exported into the session repository and checked by tests/e2e/test_export_families.py.
     from _tiny_families import SERVED_FAMILIES
 
     assert set(TINY_CHECKPOINTS) | set(SERVED_FAMILIES.values()) == set(ENCODER_FAMILIES)

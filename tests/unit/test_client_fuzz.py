@@ -50,7 +50,7 @@ from tritonvision.client._sources import _decode_base64, _decode_data_uri
 
 pytestmark = pytest.mark.timeout(120)
 
-# ``TRITONVISION_FUZZ_EXAMPLES=20000 pytest tests/test_fuzz.py`` for a long campaign.
+# ``TRITONVISION_FUZZ_EXAMPLES=20000 pytest tests/unit/test_client_fuzz.py`` for a long campaign.
 FUZZ = settings(
     max_examples=int(os.environ.get("TRITONVISION_FUZZ_EXAMPLES", "250")),
     deadline=None,
@@ -60,7 +60,7 @@ FUZZ = settings(
 
 SPEC = PreprocessSpec.clip_default(32)
 # Mutated headers may declare large sizes; 4 MP keeps each example fast while still
-# exercising the bomb check (the default limit is tested in test_imaging.py).
+# exercising the bomb check (the default limit is tested in test_client_imaging.py).
 MAX_PIXELS = 1 << 22
 
 

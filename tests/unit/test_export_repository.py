@@ -51,7 +51,7 @@ from tritonvision.export import (
     write_repository_configs,
 )
 
-COMMITTED = Path(__file__).resolve().parents[1] / "model_repository"
+COMMITTED = Path(__file__).resolve().parents[2] / "model_repository"
 
 DESIGN_CLIP_SPEC = {
     "resize": {"mode": "shortest_edge", "shortest_edge": 224},
