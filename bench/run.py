@@ -30,6 +30,7 @@ from . import (
     scenario_6_stack,
     scenario_7_ray,
     scenario_8_overload,
+    scenario_9_cache,
 )
 from ._context import Context, Scenario
 from ._machine import LoadProbe, MachineLoad, machine_info
@@ -49,6 +50,7 @@ SCENARIOS: dict[int, Scenario] = {
         scenario_6_stack.SCENARIO,
         scenario_7_ray.SCENARIO,
         scenario_8_overload.SCENARIO,
+        scenario_9_cache.SCENARIO,
     )
 }
 

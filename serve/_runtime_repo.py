@@ -14,6 +14,12 @@ models with ``KIND_GPU`` instances: the encoder runs through ONNX Runtime's CUDA
 ``tritonvision.ort_providers``; the ``NAME_preprocess`` python models get ``KIND_GPU``
 instances too, which is what lets them decode JPEGs with nvImageCodec. An fp16 export is
 served as it is (its ONNX file already holds fp16 weights). The CPU derivation is unchanged.
+
+Triton's response cache (``response_cache { enable: true }``, written by ``tritonvision
+export --response-cache``) carries over to every derived config as it is: Triton 2.51
+caches python-backend models (only decoupled models and the sequence batcher cannot be
+cached), so on the CPU runtime both the encoder and the ``NAME_images`` ensemble cache;
+a top-level ensemble hit also skips decoding. :attr:`RuntimeRepository.cached` names them.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class RuntimeRepository:
     path: Path
     models: tuple[str, ...]
     converted: tuple[str, ...]
+    cached: tuple[str, ...] = ()
+    """Models whose config enables Triton's response cache."""
 
 
 def read_model_config(config_path: Path) -> mc.ModelConfig:
@@ -218,6 +226,7 @@ def derive_runtime_repository(
 
     models: list[str] = []
     converted: list[str] = []
+    cached: list[str] = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
         config_path = model_dir / "config.pbtxt"
         if not config_path.exists():
@@ -225,6 +234,8 @@ def derive_runtime_repository(
         config = read_model_config(config_path)
         name = config.name or model_dir.name
         models.append(name)
+        if config.response_cache.enable:
+            cached.append(name)
         if not _is_onnxruntime(config):
             if device == "gpu" and _is_preprocess(config):
                 _write_gpu_preprocess(model_dir, config, target / model_dir.name)
@@ -266,4 +277,6 @@ def derive_runtime_repository(
     (target / ".tritonvision-runtime.json").write_text(
         json.dumps(_manifest(repository, converted, device), indent=2)
     )
-    return RuntimeRepository(path=target, models=tuple(models), converted=tuple(converted))
+    return RuntimeRepository(
+        path=target, models=tuple(models), converted=tuple(converted), cached=tuple(cached)
+    )

@@ -6,6 +6,12 @@ then proves each model answers (:func:`._preflight.warm_up`). ``stop()`` stops i
 python-backend stub it spawned and removes its work dir (:mod:`._workdir`); so does the
 watchdog when the owner process dies without calling ``stop()``, even by SIGKILL.
 Start-up failures come back as :class:`ServeError` carrying Triton's own reason.
+
+Response cache: ``cache_size_bytes`` starts Triton with its local cache (``--cache-config
+local,size=N``, the library the wheel ships). Triton caches only models whose config
+enables ``response_cache`` (``tritonvision export --response-cache``). A repository that
+asks for the cache served without one loads and answers normally, uncached, and Triton says
+nothing; so ``start()`` logs a warning, and :attr:`LocalTriton.cache_warning` holds it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from ._workdir import OWNER_FILE, claim_workdir, create_workdir, remove_dead_lef
 
 __all__ = [
     "DEFAULT_PORTS",
+    "MIN_CACHE_SIZE_BYTES",
     "LocalTriton",
     "ServeError",
     "ServerPorts",
@@ -52,6 +59,11 @@ _EXIT_TIMEOUT_S = 10
 _STOP_GRACE_S = 20.0
 # ONNX Runtime's TensorRT engines (GPU with tensorrt installed), kept for this server's life.
 _TENSORRT_CACHE = "tensorrt_cache"
+# Triton's local cache fails to initialise below about 1 KiB (its docs say so; 100 bytes
+# fails, "Could not initialize buffer"): refuse such sizes before starting.
+MIN_CACHE_SIZE_BYTES = 1024
+# Server flags that configure a response cache (ours, or given through extra_args).
+_CACHE_FLAGS = ("--cache-config", "--response-cache-byte-size")
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,8 @@ class LocalTriton:
     in it is removed, the log stays). ``warm_up=False`` skips the warm-up inferences.
     ``device`` is ``cpu`` (default), ``gpu`` or ``auto`` (see :mod:`._device`); ``gpu``
     on a machine that cannot run it raises :class:`._device.DeviceUnavailable` at start.
+    ``cache_size_bytes`` (at least :data:`MIN_CACHE_SIZE_BYTES`) gives Triton a local
+    response cache of that size, shared by the models whose config enables it.
     """
 
     def __init__(
@@ -140,7 +154,16 @@ class LocalTriton:
         queue_delay_us: int | None = DEFAULT_CPU_QUEUE_DELAY_US,
         warm_up: bool = True,
         device: str = "cpu",
+        cache_size_bytes: int | None = None,
     ) -> None:
+        if cache_size_bytes is not None and cache_size_bytes < MIN_CACHE_SIZE_BYTES:
+            raise ValueError(
+                f"cache_size_bytes={cache_size_bytes!r}: Triton's local cache needs at least "
+                f"{MIN_CACHE_SIZE_BYTES} bytes"
+            )
+        self.cache_size_bytes = cache_size_bytes
+        self.cache_warning: str | None = None
+        """Set at start when the cache settings of server and models disagree."""
         self.repository = Path(repository)
         self.ports = ports
         self.host = host
@@ -211,6 +234,7 @@ class LocalTriton:
                     f"pick another with --{name.lower()}-port"
                 )
         dist = find_triton()
+        cache_args = self._cache_args(dist.binary)
         check_stub_environment()
         # `cpu` needs no look at the machine (nvidia-smi can take a second).
         plan = resolve_device(
@@ -249,6 +273,9 @@ class LocalTriton:
         if plan.tensorrt:
             (workdir / _TENSORRT_CACHE).mkdir(exist_ok=True)
         logger.info("runtime repository %s: models %s", runtime.path, ", ".join(runtime.models))
+        self.cache_warning = self._check_cache(runtime.cached)
+        if self.cache_warning:
+            logger.warning("%s", self.cache_warning)
         cmd = [
             str(dist.binary),
             f"--model-repository={runtime.path}",
@@ -264,6 +291,7 @@ class LocalTriton:
             "--allow-cpu-metrics=true",
             f"--log-verbose={self.log_verbose}",
             f"--exit-timeout-secs={_EXIT_TIMEOUT_S}",
+            *cache_args,
             *self.extra_args,
         ]
         env = dist.environment()
@@ -300,6 +328,37 @@ class LocalTriton:
             self.stop()
             raise
         return self
+
+    def _cache_args(self, binary: Path) -> list[str]:
+        if self.cache_size_bytes is None:
+            return []
+        # The wheel ships its caches next to bin/ (tritonserver looks in /opt by default).
+        caches = binary.parent.parent / "caches"
+        if not (caches / "local" / "libtritoncache_local.so").exists():
+            raise ServeError(f"Triton's local response cache is missing from the wheel: {caches}")
+        return [
+            f"--cache-directory={caches}",
+            f"--cache-config=local,size={self.cache_size_bytes}",
+        ]
+
+    def _check_cache(self, cached: tuple[str, ...]) -> str | None:
+        """A warning when the models ask for a cache the server lacks, or the reverse."""
+        configured = self.cache_size_bytes is not None or any(
+            arg.split("=", 1)[0] in _CACHE_FLAGS for arg in self.extra_args
+        )
+        if cached and not configured:
+            return (
+                f"models {', '.join(cached)} enable Triton's response cache, but the server "
+                "has no cache: Triton serves them uncached (it does not warn). Give it one "
+                "with --cache-size BYTES (LocalTriton(cache_size_bytes=...))"
+            )
+        if configured and not cached:
+            return (
+                "the server has a response cache, but no model in "
+                f"{self.repository} enables it: nothing is cached. Re-export with "
+                "`tritonvision export --response-cache`"
+            )
+        return None
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -91,7 +91,8 @@ def _executions(server: Any, model: str) -> int:
     url = f"{server.http_url}/v2/models/{model}/stats"
     with urllib.request.urlopen(url, timeout=10) as response:
         stats = json.loads(response.read())["model_stats"][0]
-    return int(stats["inference_stats"]["success"]["count"])
+    # Executions of the model itself: a cache hit counts as a success, not an execution.
+    return int(stats["execution_count"])
 
 
 def _ensemble(server: Any, data: bytes) -> Any:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 
-def _parse(path: Path) -> object:
+def _parse(path: Path) -> Any:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -29,9 +30,9 @@ def test_export_writes_the_response_cache_on_encoder_and_ensemble_not_on_preproc
     encoder = _parse(files.encoder_config)
     ensemble = _parse(files.ensemble_config)
     preprocess = _parse(files.preprocess_config)
-    assert encoder.response_cache.enable is enabled  # type: ignore[attr-defined]
-    assert ensemble.response_cache.enable is enabled  # type: ignore[attr-defined]
-    assert preprocess.HasField("response_cache") is False  # type: ignore[attr-defined]
+    assert encoder.response_cache.enable is enabled
+    assert ensemble.response_cache.enable is enabled
+    assert preprocess.HasField("response_cache") is False
     assert ("response_cache" in files.encoder_config.read_text()) is enabled
 
 
@@ -58,11 +59,11 @@ def test_runtime_repository_keeps_the_response_cache_of_encoder_and_ensemble(
     runtime = derive_runtime_repository(options.repository, tmp_path / "rt", device=device)
     assert runtime.cached == (options.name, options.ensemble_name)
     encoder = _parse(runtime.path / options.name / "config.pbtxt")
-    assert encoder.backend == "python"  # type: ignore[attr-defined]
-    assert encoder.response_cache.enable  # type: ignore[attr-defined]
-    assert _parse(runtime.path / options.ensemble_name / "config.pbtxt").response_cache.enable  # type: ignore[attr-defined]
+    assert encoder.backend == "python"
+    assert encoder.response_cache.enable
+    assert _parse(runtime.path / options.ensemble_name / "config.pbtxt").response_cache.enable
     preprocess = _parse(runtime.path / options.preprocess_name / "config.pbtxt")
-    assert not preprocess.response_cache.enable  # type: ignore[attr-defined]
+    assert not preprocess.response_cache.enable
 
 
 def test_runtime_repository_of_an_uncached_export_names_no_cached_model(tmp_path: Path) -> None:

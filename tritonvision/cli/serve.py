@@ -4,11 +4,17 @@ The server never outlives this command: if it is killed, even by SIGKILL, a watc
 stops ``tritonserver`` and its python-backend stubs within seconds and frees the ports
 (see :mod:`tritonvision.serve._watchdog`). A clean stop removes the work dir it made in
 the temp dir, the Triton log with it unless ``--log-file`` puts the log elsewhere.
+
+``--cache-size BYTES`` gives Triton its local response cache (``--cache-config
+local,size=BYTES``): plain bytes, or with a binary suffix, ``64M`` / ``64MiB`` = 64 x 2**20
+bytes (``K``, ``M``, ``G``). Only models exported with ``tritonvision export
+--response-cache`` use it; serve warns when the repository and the server disagree.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import threading
@@ -16,7 +22,28 @@ from types import FrameType
 
 from ._common import EXIT_FAILED, EXIT_OK, SubParsers, positive_float, positive_int
 
-__all__ = ["register", "run"]
+__all__ = ["byte_size", "register", "run"]
+
+_BYTE_SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:iB)?)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """Bytes from ``1048576``, ``64M``, ``64MiB``, ``1G`` (binary units, case-insensitive)."""
+    match = _BYTE_SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give bytes, or a number with K, M or G (binary: 64M = 64 MiB)"
+        )
+    # Imported here: parsing other flags should not pay for the server's imports.
+    from tritonvision.serve._server import MIN_CACHE_SIZE_BYTES
+
+    value = int(match.group(1)) * _UNITS[(match.group(2) or "").upper()]
+    if value < MIN_CACHE_SIZE_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: Triton's local cache needs at least {MIN_CACHE_SIZE_BYTES} bytes"
+        )
+    return value
 
 
 def _port(text: str) -> int:
@@ -66,6 +93,15 @@ def register(subparsers: SubParsers) -> None:
         help="auto (default): the GPU when one is visible and onnxruntime-gpu offers CUDA, "
         "else the CPU; gpu fails at start naming what is missing",
     )
+    parser.add_argument(
+        "--cache-size",
+        type=byte_size,
+        default=None,
+        metavar="BYTES",
+        help="give Triton a local response cache of this size (bytes, or 64M, 1G: binary "
+        "units) for the models exported with --response-cache: a repeated image is answered "
+        "from memory (default: no cache)",
+    )
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
         "--log-file",
@@ -95,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         cpu_instances=args.cpu_instances,
         queue_delay_us=None if args.queue_delay_us < 0 else args.queue_delay_us,
         device=args.device,
+        cache_size_bytes=args.cache_size,
     )
     stop = threading.Event()
 
@@ -118,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  HTTP     {server.http_url}")
     print(f"  gRPC     {server.grpc_url}")
     print(f"  metrics  {server.metrics_url}")
+    if args.cache_size is not None:
+        print(f"  cache    local, {args.cache_size:,} bytes")
+    if server.cache_warning:
+        print(f"warning: {server.cache_warning}", file=sys.stderr)
     sys.stdout.flush()
     try:
         while not stop.wait(0.5):
