@@ -69,7 +69,7 @@ BACKGROUND_RGB = (255, 255, 255)
 DEFAULT_REDUCING_GAP = 3.0
 
 # JPEG draft decoding keeps at least this multiple of the resize target, which keeps the
-# result within rounding of a full decode (see tests/unit/test_client_imaging.py for measured cosines).
+# result within rounding of a full decode (tests/unit/test_client_imaging.py measures it).
 DEFAULT_DRAFT_FACTOR = 2.0
 
 # Contract filter name -> PIL filter; PIL's integer codes follow RESAMPLE_NAMES' order.
@@ -344,8 +344,8 @@ def load_image_pixels(
 
     With ``exact=True`` this is ``preprocess_image(decode_image(data), spec)``, bit for bit
     what transformers' PIL image processors give. By default two shortcuts make large
-    images several times cheaper, within ~0.3 grey levels on average (embedding cosine
-    >= 0.999, see tests/unit/test_client_imaging.py): JPEGs decode at the smallest DCT scale that keeps
+    images cheaper, within a fraction of a grey level on average (embedding cosine >= 0.999,
+    tested in tests/unit/test_client_imaging.py): JPEGs decode at the smallest DCT scale that keeps
     :data:`DEFAULT_DRAFT_FACTOR` x the resize target, and big downscales first box-reduce
     (``reducing_gap=DEFAULT_REDUCING_GAP``). Grey images stay one channel until after the
     resize (identical result, 3x less work) in both modes.

@@ -29,23 +29,8 @@ from tritonvision.errors import InvalidInput, ModelConfigError
 
 from ._repository import RepositorySummary, read_repository
 
+# The constants below are public through ``tritonvision.deploy``; this lists the code.
 __all__ = [
-    "CONTAINER_UID",
-    "DEFAULT_IMAGE",
-    "DEFAULT_TARGET_QUEUE_US",
-    "HEALTH_LIVE_PATH",
-    "HEALTH_READY_PATH",
-    "KSERVE_GRPC_PORT",
-    "KSERVE_HTTP_PORT",
-    "KSERVE_MODEL_DIR",
-    "METRICS_PATH",
-    "MODEL_LABEL",
-    "QUEUE_METRIC",
-    "QUEUE_PER_REQUEST_METRIC",
-    "RESTRICTED_APIS",
-    "SUCCESS_METRIC",
-    "TRITON_BASE_IMAGE",
-    "TRITON_RELEASE",
     "KubernetesOptions",
     "Manifest",
     "image_tag",

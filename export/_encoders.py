@@ -139,6 +139,20 @@ LoadEmbedder = Callable[[Path, str, str | None], "nn.Module"]
 DescribeConfig = Callable[[Any, str | None], tuple[int, int | None]]
 
 
+# What every family uses unless it says otherwise.
+DEFAULT_OPSET = 18
+_TRANSFORMER_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999)
+_FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=5e-2, min_cosine=0.999)
+
+
+def make_random_pixels(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Seeded uint8 NHWC pixels: the dummy input for export and the validation input."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class EncoderFamily:
     """The declarative description of one encoder family."""
@@ -147,9 +161,9 @@ class EncoderFamily:
     description: str
     # config.json `model_type` values this family reads (none: not loaded from checkpoints).
     model_types: tuple[str, ...]
-    opset: int
-    tolerance: Tolerance
-    fp16_tolerance: Tolerance
+    opset: int = DEFAULT_OPSET
+    tolerance: Tolerance = _TRANSFORMER_TOLERANCE
+    fp16_tolerance: Tolerance = _FP16_TOLERANCE
     input_name: str = PIXELS_INPUT
     output_name: str = EMBEDDINGS_OUTPUT
     # input/output name -> {axis: symbolic name}; only the batch axis is dynamic.
@@ -159,7 +173,7 @@ class EncoderFamily:
             EMBEDDINGS_OUTPUT: {0: BATCH_AXIS},
         }
     )
-    make_dummy_input: Callable[[int, int, int, int], torch.Tensor]
+    make_dummy_input: Callable[[int, int, int, int], torch.Tensor] = make_random_pixels
     # The embeddings a checkpoint offers; the first is the default. Empty: one fixed embedding.
     poolings: tuple[str, ...] = ()
     # The image processor a checkpoint's preprocessor_config.json means when it names none
@@ -193,14 +207,6 @@ class EncoderFamily:
                 f"pooling {pooling!r} is not one of {self.name}'s: {', '.join(self.poolings)}"
             )
         return pooling
-
-
-def make_random_pixels(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """Seeded uint8 NHWC pixels: the dummy input for export and the validation input."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
 
 
 def _require_weights(info: Mapping[str, Any], checkpoint: Path, hint: str) -> None:
@@ -348,17 +354,10 @@ def _dinov2_default(image_size: int | None) -> PreprocessSpec:
     )
 
 
-_TRANSFORMER_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999)
-_FP16_TOLERANCE = Tolerance(atol=1e-2, rtol=5e-2, min_cosine=0.999)
-
 CLIP = EncoderFamily(
     name="clip",
     description="CLIP vision tower + visual projection (CLIPModel / CLIPVisionModelWithProjection)",
     model_types=("clip", "clip_vision_model"),
-    opset=18,
-    tolerance=_TRANSFORMER_TOLERANCE,
-    fp16_tolerance=_FP16_TOLERANCE,
-    make_dummy_input=make_random_pixels,
     processor_type="CLIPImageProcessor",
     default_preprocessing=_clip_default,
     describe_config=_describe_clip,
@@ -370,10 +369,6 @@ SIGLIP = EncoderFamily(
     name="siglip",
     description="SigLIP vision tower, attention-pooled output (SiglipModel / SiglipVisionModel)",
     model_types=("siglip", "siglip_vision_model"),
-    opset=18,
-    tolerance=_TRANSFORMER_TOLERANCE,
-    fp16_tolerance=_FP16_TOLERANCE,
-    make_dummy_input=make_random_pixels,
     processor_type="SiglipImageProcessor",
     default_preprocessing=_siglip_default,
     describe_config=_describe_siglip,
@@ -388,10 +383,6 @@ DINOV2 = EncoderFamily(
         "tokens (pooling cls+mean, [N, 2D])"
     ),
     model_types=("dinov2",),
-    opset=18,
-    tolerance=_TRANSFORMER_TOLERANCE,
-    fp16_tolerance=_FP16_TOLERANCE,
-    make_dummy_input=make_random_pixels,
     poolings=("cls", "cls+mean"),
     processor_type="BitImageProcessor",
     default_preprocessing=_dinov2_default,
@@ -407,10 +398,6 @@ BACKBONE = EncoderFamily(
         "Swinv2, ConvNeXt, ConvNeXt V2), its pooler_output"
     ),
     model_types=("vit", "deit", "beit", "swin", "swinv2", "convnext", "convnextv2"),
-    opset=18,
-    tolerance=_TRANSFORMER_TOLERANCE,
-    fp16_tolerance=_FP16_TOLERANCE,
-    make_dummy_input=make_random_pixels,
     describe_config=_describe_backbone,
     load_embedder=_load_backbone,
     weights_hint=(
@@ -423,10 +410,6 @@ MODULE = EncoderFamily(
     name="module",
     description="your own torch.nn.Module: normalised NCHW float pixels -> [N, D] (export_module)",
     model_types=(),
-    opset=18,
-    tolerance=_TRANSFORMER_TOLERANCE,
-    fp16_tolerance=_FP16_TOLERANCE,
-    make_dummy_input=make_random_pixels,
 )
 
 ENCODER_FAMILIES: Mapping[str, EncoderFamily] = MappingProxyType(

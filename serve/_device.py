@@ -18,8 +18,8 @@ nvImageCodec (PyPI ``nvidia-nvimgcodec-cu12``) on a ``KIND_GPU`` instance when i
 Pillow otherwise. :class:`NvJpegDecoder` changes only the decode step: the header checks
 (format, declared size) and the resize + crop are :mod:`tritonvision.client._imaging`'s.
 Pixels agree with the Pillow path within the tolerance the client's fast path already
-meets against transformers (``tests/unit/test_client_imaging.py``: after normalisation max |d| < 0.1,
-mean |d| < 0.006, i.e. a few grey levels at worst, ~0.4 on average): nvJPEG and
+meets against transformers (``tests/unit/test_client_imaging.py``: after normalisation
+max |d| < 0.1, mean |d| < 0.006, i.e. a few grey levels at worst, ~0.4 on average): nvJPEG and
 libjpeg-turbo differ in IDCT rounding and chroma upsampling (we ask nvJPEG for fancy
 upsampling, libjpeg-turbo's default), and Pillow's fast path decodes at a reduced DCT
 scale where the GPU decodes in full and box-reduces. ``bench/device.sh`` measures the

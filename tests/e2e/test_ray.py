@@ -73,7 +73,9 @@ FAST_FAIL = {"max_retries": 1, "connect_timeout_s": 2.0, "request_timeout_s": 20
 @pytest.fixture(scope="session")
 def ray_runtime() -> Iterator[None]:
     """One local Ray runtime for the session; test modules are importable by workers."""
-    tests_dir = str(Path(__file__).resolve().parents[1])
+    # This module (its _Gate class runs in workers) and tests/ (shared helpers).
+    here = Path(__file__).resolve()
+    tests_dir = os.pathsep.join([str(here.parent), str(here.parents[1])])
     ray.init(
         num_cpus=2,
         include_dashboard=False,
