@@ -233,21 +233,26 @@ def verify_server(
     images: Sequence[tuple[str, Image.Image]] | None = None,
     encoder: LoadedEncoder | None = None,
     timeout_s: float = 120.0,
+    headers: Mapping[str, str] | None = None,
 ) -> VerifyReport:
-    """:func:`verify_model` against model ``name`` on the Triton HTTP endpoint ``url``."""
+    """:func:`verify_model` against model ``name`` on the Triton HTTP endpoint ``url``.
+
+    ``headers`` go with every request to Triton (an authenticating proxy, restricted APIs).
+    """
     import numpy as np
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     host = _host_port(url)
+    sent_headers = dict(headers or {})
     client = httpclient.InferenceServerClient(
         host, connection_timeout=timeout_s, network_timeout=timeout_s
     )
     try:
         try:
-            if not client.is_model_ready(name):
+            if not client.is_model_ready(name, headers=sent_headers):
                 raise VerificationError(f"model {name!r} is not ready on {host}")
-            config = client.get_model_config(name)
+            config = client.get_model_config(name, headers=sent_headers)
         except (InferenceServerException, OSError) as exc:
             raise VerificationError(f"cannot read model {name!r} from {host}: {exc}") from exc
         input_name = config["input"][0]["name"]
@@ -258,7 +263,7 @@ def verify_server(
             tensor.set_data_from_numpy(np.ascontiguousarray(pixels), binary_data=True)
             wanted = httpclient.InferRequestedOutput(output_name, binary_data=True)
             try:
-                result = client.infer(name, [tensor], outputs=[wanted])
+                result = client.infer(name, [tensor], outputs=[wanted], headers=sent_headers)
             except (InferenceServerException, OSError) as exc:
                 raise VerificationError(f"inference on {name!r} at {host} failed: {exc}") from exc
             out: npt.NDArray[Any] | None = result.as_numpy(output_name)

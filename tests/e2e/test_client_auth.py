@@ -124,7 +124,8 @@ class AuthProxy(LocalServer):
             keep = {
                 k: v
                 for k, v in upstream.headers.items()
-                if k.lower() in ("content-type", "inference-header-content-length")
+                if k.lower()
+                in ("content-type", "content-encoding", "inference-header-content-length")
             }
             return web.Response(status=upstream.status, body=body, headers=keep)
 
@@ -242,6 +243,34 @@ def test_embed_cli_header_option_reaches_triton_through_the_proxy(
     monkeypatch.setenv("TRITONVISION_HEADERS", f"Authorization: {TOKEN}")
     code = main(["embed", *common, "-o", str(tmp_path / "env"), "--no-parquet"])
     assert code == 0
+
+
+def test_verify_sends_headers_to_triton_through_the_proxy(
+    triton: Any, proxy: AuthProxy, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from conftest import tiny_clip_config
+
+    from tritonvision.cli import main
+    from tritonvision.export import VerificationError, builtin_encoder, verify_server
+
+    encoder = builtin_encoder(tiny_clip_config())
+    with pytest.raises(VerificationError):
+        verify_server(proxy.base_url, name=triton.model, encoder=encoder)
+    report = verify_server(
+        proxy.base_url, name=triton.model, encoder=encoder, headers={"Authorization": TOKEN}
+    )
+    assert report.passed
+    # The CLI sends --header with every request to Triton (and nothing without it).
+    monkeypatch.delenv("TRITONVISION_HEADERS", raising=False)
+    proxy.seen.clear()
+    assert main(["verify", "--server", proxy.base_url, "--name", "no_such_model"]) == 1
+    assert proxy.seen and all(auth is None for _, auth in proxy.seen)
+    capsys.readouterr()
+    proxy.seen.clear()
+    header = ["--header", f"Authorization: {TOKEN}"]
+    assert main(["verify", "--server", proxy.base_url, "--name", "no_such_model", *header]) == 1
+    assert proxy.seen and all(auth == TOKEN for _, auth in proxy.seen)
+    assert "'no_such_model' is not ready" in capsys.readouterr().err
 
 
 # ---------------------------------------------------- Triton's own restricted APIs

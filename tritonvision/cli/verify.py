@@ -12,7 +12,15 @@ from pathlib import Path
 
 from tritonvision.contract import DEFAULT_MODEL
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers, add_server_argument
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SubParsers,
+    add_header_argument,
+    add_server_argument,
+    merge_headers,
+)
 from .export import UNTRAINED_WARNING
 
 __all__ = ["register"]
@@ -32,6 +40,7 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         ),
     )
     add_server_argument(parser, schemes=_SCHEMES)
+    add_header_argument(parser)
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -44,10 +53,20 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
 
 def run_verify(args: argparse.Namespace) -> int:
     """The ``verify`` handler; returns the exit code (see the module docstring)."""
+    from tritonvision.client import ClientConfig
+    from tritonvision.errors import InvalidInput
     from tritonvision.export import CheckpointError, VerificationError, verify_server
 
     try:
-        report = verify_server(args.server, checkpoint=args.checkpoint, name=args.name)
+        # Headers for Triton only: TRITONVISION_HEADERS, then each --header (which wins).
+        headers = merge_headers(ClientConfig.from_env().headers, args.headers)
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = verify_server(
+            args.server, checkpoint=args.checkpoint, name=args.name, headers=headers
+        )
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
