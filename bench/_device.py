@@ -34,14 +34,13 @@ import numpy as np
 from tritonvision.contract import DEFAULT_MODEL, IMAGES_INPUT, PreprocessSpec, ensemble_name
 
 from ._client_internals import (
-    HEADER_LENGTH_HEADER,
     binary_request,
     infer_path,
     load_image_pixels,
     normalize_pixels,
     parse_binary_response,
 )
-from ._load import Measurement, run_tasks
+from ._load import Measurement, post_infer, run_tasks
 from ._machine import machine_info
 from ._perf_analyzer import find_perf_analyzer
 from ._repos import TINY
@@ -334,11 +333,7 @@ def _client_end_to_end(
                 body, headers = binary_request(
                     IMAGES_INPUT, np.array([[data]], dtype=np.object_), "BYTES"
                 )
-                async with session.post(endpoint, data=body, headers=headers) as resp:
-                    payload = await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"{endpoint}: HTTP {resp.status}: {payload[:200]!r}")
-                    parse_binary_response(payload, resp.headers.get(HEADER_LENGTH_HEADER))
+                await post_infer(session, endpoint, body, headers, parse_binary_response)
 
             cpu0 = time.process_time()
             m = await run_tasks(

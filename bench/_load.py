@@ -5,7 +5,8 @@ round by round (:func:`alternate`) so that drift in the machine's other load hit
 :func:`run_threads` drives blocking calls from N caller threads, :func:`run_tasks` drives
 coroutines from N tasks; both return a :class:`Measurement`. :func:`measure_client_embed`
 is the one load our client puts on a served model in scenarios 2 and 3, with the client's
-coalescing of concurrent calls on or off.
+coalescing of concurrent calls on or off; :func:`post_infer` is the one raw POST that the
+scenarios driving Triton without our client (scenarios 4, 9, the device run) share.
 """
 
 from __future__ import annotations
@@ -18,18 +19,29 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
+import aiohttp
 import numpy as np
 
-from ._report import Side
+from ._client_internals import HEADER_LENGTH_HEADER
+from ._report import Row, Side
+
+T = TypeVar("T")
+
+# A lone caller's p50 with coalescing within 5% of without: (1000 / p50) on / off >= 1 / 1.05.
+TARGET_LONE_P50 = round(1 / 1.05, 3)
 
 __all__ = [
+    "TARGET_LONE_P50",
     "Measurement",
     "alternate",
     "children_cpu_s",
     "cpu_seconds_of_group",
+    "lone_caller_p50_row",
     "measure_client_embed",
     "median_latency_side",
+    "post_infer",
     "run_tasks",
     "run_threads",
     "side_from",
@@ -222,6 +234,22 @@ async def run_tasks(
     )
 
 
+async def post_infer(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    body: bytes,
+    headers: dict[str, str],
+    parse: Callable[[bytes, str | None], T],
+) -> T:
+    """POST one raw inference request on a shared session; ``parse(payload, header_length)``
+    of the response, or ``RuntimeError`` naming the endpoint when it is not HTTP 200."""
+    async with session.post(endpoint, data=body, headers=headers) as resp:
+        payload = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{endpoint}: HTTP {resp.status}: {payload[:200]!r}")
+        return parse(payload, resp.headers.get(HEADER_LENGTH_HEADER))
+
+
 def alternate(
     runners: dict[str, Callable[[], Measurement]],
     rounds: int,
@@ -271,6 +299,35 @@ def median_latency_side(label: str, m: Measurement, *, detail: str = "") -> Side
         p50_ms=p50,
         p99_ms=m.percentile_ms(99),
         detail=detail,
+    )
+
+
+def lone_caller_p50_row(
+    scenario: int,
+    case: str,
+    on: Measurement,
+    off: Measurement,
+    *,
+    on_detail: str,
+    off_detail: str,
+    model: str,
+    settings: str,
+) -> Row:
+    """The row holding a lone caller's p50 with coalescing on to :data:`TARGET_LONE_P50`
+    of the p50 with it off (scenarios 1 and 2)."""
+    return Row(
+        scenario=scenario,
+        case=case,
+        ours=median_latency_side("coalescing on", on, detail=on_detail),
+        baseline=median_latency_side("coalescing off", off, detail=off_detail),
+        model=model,
+        settings=settings,
+        target=TARGET_LONE_P50,
+        note=(
+            "rates are 1000 / p50 ms, so the ratio is p50 off / p50 on; the "
+            f"target {TARGET_LONE_P50:g} is a p50 with coalescing at most 5% "
+            "above the one without"
+        ),
     )
 
 

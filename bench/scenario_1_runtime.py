@@ -29,7 +29,7 @@ from tritonvision.client import ClientConfig, ClientStats, VisionClient
 
 from ._client_internals import load_image_pixels
 from ._context import Context, Scenario
-from ._load import Measurement, alternate, median_latency_side, run_threads, side_from
+from ._load import Measurement, alternate, lone_caller_p50_row, run_threads, side_from
 from ._percall_bug import PerCallVisionClient
 from ._report import Row
 from ._repos import ServedRepository
@@ -41,8 +41,6 @@ TITLE = "Shared runtime vs the per-call runtime bug"
 CONCURRENCY = (1, 16)
 TARGET_AT_16 = 2.0
 COALESCE_CONCURRENCY = (1, 8, 32)
-# A lone caller's p50 with coalescing within 5% of without: (1000 / p50) on / off >= 1 / 1.05.
-TARGET_LONE_P50 = round(1 / 1.05, 3)
 
 Embed = Callable[[Any], Future[npt.NDArray[np.float32]]]
 
@@ -114,19 +112,15 @@ def _coalescing(
         )
         if concurrency == 1:
             ctx.emit(
-                Row(
-                    scenario=NUMBER,
-                    case="embed(uint8 pixels), 1 caller thread: p50 latency, coalescing on vs off",
-                    ours=median_latency_side("coalescing on", on, detail=_cpu(on)),
-                    baseline=median_latency_side("coalescing off", off, detail=_cpu(off)),
+                lone_caller_p50_row(
+                    NUMBER,
+                    "embed(uint8 pixels), 1 caller thread: p50 latency, coalescing on vs off",
+                    on,
+                    off,
+                    on_detail=_cpu(on),
+                    off_detail=_cpu(off),
                     model=label,
                     settings=settings,
-                    target=TARGET_LONE_P50,
-                    note=(
-                        "rates are 1000 / p50 ms, so the ratio is p50 off / p50 on; the "
-                        f"target {TARGET_LONE_P50:g} is a p50 with coalescing at most 5% "
-                        "above the one without"
-                    ),
                 )
             )
             continue

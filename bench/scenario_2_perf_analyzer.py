@@ -23,8 +23,8 @@ from ._load import (
     Measurement,
     alternate,
     children_cpu_s,
+    lone_caller_p50_row,
     measure_client_embed,
-    median_latency_side,
     side_from,
 )
 from ._perf_analyzer import PerfAnalyzer, PerfResult, find_perf_analyzer
@@ -39,8 +39,6 @@ TITLE = "Our client vs NVIDIA perf_analyzer"
 TARGET_VS_PA = {"tiny": 1.0, "b32": 0.9}
 # Coalescing must not cost ViT-B/32 throughput (on / off).
 TARGET_ON_VS_OFF_B32 = 1.0
-# A lone caller's p50 with coalescing within 5% of without: (1000 / p50) on / off >= 1 / 1.05.
-TARGET_LONE_P50 = round(1 / 1.05, 3)
 
 
 def measure_pa(
@@ -205,20 +203,15 @@ def run(ctx: Context) -> None:
                 )
             if concurrency == 1:
                 ctx.emit(
-                    Row(
-                        scenario=NUMBER,
-                        case=f"{key}, concurrency 1 (a lone caller): p50 latency, coalescing "
-                        "on vs off",
-                        ours=median_latency_side("coalescing on", on, detail=_cpu(on)),
-                        baseline=median_latency_side("coalescing off", off, detail=_cpu(off)),
+                    lone_caller_p50_row(
+                        NUMBER,
+                        f"{key}, concurrency 1 (a lone caller): p50 latency, coalescing on vs off",
+                        on,
+                        off,
+                        on_detail=_cpu(on),
+                        off_detail=_cpu(off),
                         model=label,
                         settings=settings,
-                        target=TARGET_LONE_P50,
-                        note=(
-                            "rates are 1000 / p50 ms, so the ratio is p50 off / p50 on; the "
-                            f"target {TARGET_LONE_P50:g} is a p50 with coalescing at most 5% "
-                            "above the one without"
-                        ),
                     )
                 )
             else:

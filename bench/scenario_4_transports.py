@@ -36,7 +36,7 @@ from ._client_internals import (
     parse_binary_response,
 )
 from ._context import Context, Scenario
-from ._load import Measurement, alternate, run_tasks, side_from
+from ._load import Measurement, alternate, post_infer, run_tasks, side_from
 from ._report import Row
 from ._repos import FP32, FP32_INPUT, ServedRepository
 
@@ -119,11 +119,7 @@ def _measure_raw(
                 counter[0] += 1
                 body, headers = encode(items[counter[0] % len(items)])
                 sent[0] += len(body)
-                async with session.post(endpoint, data=body, headers=headers) as resp:
-                    payload = await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"{model}: HTTP {resp.status}: {payload[:200]!r}")
-                    parse(payload, resp.headers.get(HEADER_LENGTH_HEADER))
+                await post_infer(session, endpoint, body, headers, parse)
 
             cpu0, server0 = time.process_time(), served.cpu_seconds()
             m = await run_tasks(call, concurrency=CONCURRENCY, duration_s=duration_s)

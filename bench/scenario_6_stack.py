@@ -152,17 +152,20 @@ def run(ctx: Context) -> None:
                 wall, cpu = _run_ort(session, pixels)
                 sides["ort"].append((wall, cpu, 0.0))
 
+    def per_image_ms(runs: list[Run], field: int) -> float:
+        """Milliseconds per image of a ``Run`` field (1: client CPU, 2: server CPU)."""
+        return sum(x[field] for x in runs) * 1000 / (count * len(runs))
+
     def make_side(label: str, runs: list[Run]) -> Side:
         wall = sum(x[0] for x in runs)
-        images = count * len(runs)
-        client_ms = sum(x[1] for x in runs) * 1000 / images
-        server_ms = sum(x[2] for x in runs) * 1000 / images
+        client_ms = per_image_ms(runs, 1)
+        server_ms = per_image_ms(runs, 2)
         detail = (
             f"CPU/img: {'process' if label.startswith('bare') else 'client'} {client_ms:.1f} ms"
         )
         if server_ms:
             detail += f", server {server_ms:.1f} ms"
-        return Side(label=label, value=images / wall, unit="img/s", detail=detail)
+        return Side(label=label, value=count * len(runs) / wall, unit="img/s", detail=detail)
 
     ort_side = make_side("bare ONNX Runtime", sides["ort"])
     model_label = repo.encoder.spec.label
@@ -187,10 +190,9 @@ def run(ctx: Context) -> None:
             settings=settings + "; in-process, no interpreter start-up",
         )
     )
-    lib = sides["lib"]
-    lib_client = sum(x[1] for x in lib) * 1000 / (count * len(lib))
-    lib_server = sum(x[2] for x in lib) * 1000 / (count * len(lib))
-    ort_cpu = sum(x[1] for x in sides["ort"]) * 1000 / (count * len(sides["ort"]))
+    lib_client = per_image_ms(sides["lib"], 1)
+    lib_server = per_image_ms(sides["lib"], 2)
+    ort_cpu = per_image_ms(sides["ort"], 1)
     ctx.note(
         f"Where the CPU goes per image (library path): client {lib_client:.1f} ms (read, "
         f"decode, resize, HTTP, write), server {lib_server:.1f} ms (Triton, the "

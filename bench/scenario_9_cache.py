@@ -42,15 +42,14 @@ import numpy as np
 from tritonvision.contract import IMAGES_INPUT, ensemble_name, preprocess_name
 
 from ._client_internals import (
-    HEADER_LENGTH_HEADER,
     binary_request,
     infer_path,
     parse_binary_response,
 )
 from ._context import Context, Scenario
-from ._load import Measurement, cpu_seconds_of_group, side_from
+from ._load import Measurement, cpu_seconds_of_group, post_infer, side_from
 from ._report import Row, fmt_rate
-from ._repos import ExportedEncoder
+from ._repos import ExportedEncoder, _read_config, _write_config
 
 __all__ = ["SCENARIO", "CacheCounts", "build_cache_repository", "cache_counts", "cached_name"]
 
@@ -69,20 +68,6 @@ def cached_name(model: str) -> str:
 # ------------------------------------------------------------------------------ repository
 
 
-def _read(path: Path) -> Any:
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def _write(path: Path, config: Any) -> None:
-    from google.protobuf import text_format
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(config))
-
-
 def build_cache_repository(encoder: ExportedEncoder, dest: Path) -> None:
     """``dest``: the export's encoder, preprocess and ensemble, uncached, plus a cached twin of
     the encoder and of the ensemble (same ``model.onnx``, linked)."""
@@ -91,14 +76,14 @@ def build_cache_repository(encoder: ExportedEncoder, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source / preprocess_name(model), dest / preprocess_name(model))
-    base = _read(source / model / "config.pbtxt")
-    ensemble = _read(source / ensemble_name(model) / "config.pbtxt")
+    base = _read_config(source / model / "config.pbtxt")
+    ensemble = _read_config(source / ensemble_name(model) / "config.pbtxt")
     for name, cache in ((model, False), (cached_name(model), True)):
         config = type(base)()
         config.CopyFrom(base)
         config.name = name
         config.response_cache.enable = cache
-        _write(dest / name / "config.pbtxt", config)
+        _write_config(dest / name / "config.pbtxt", config)
         (dest / name / "1").mkdir()
         (dest / name / "1" / "model.onnx").symlink_to(encoder.onnx_path.resolve())
         images = type(ensemble)()
@@ -106,7 +91,7 @@ def build_cache_repository(encoder: ExportedEncoder, dest: Path) -> None:
         images.name = ensemble_name(name)
         images.ensemble_scheduling.step[1].model_name = name
         images.response_cache.enable = cache
-        _write(dest / ensemble_name(name) / "config.pbtxt", images)
+        _write_config(dest / ensemble_name(name) / "config.pbtxt", images)
         (dest / ensemble_name(name) / "1").mkdir()
 
 
@@ -206,11 +191,7 @@ def _ensemble_pass(url: str, model: str, images: Sequence[bytes]) -> Measurement
                 body, headers = binary_request(
                     IMAGES_INPUT, np.array([[data]], dtype=np.object_), "BYTES"
                 )
-                async with session.post(endpoint, data=body, headers=headers) as resp:
-                    payload = await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"{model}: HTTP {resp.status}: {payload[:200]!r}")
-                    parse_binary_response(payload, resp.headers.get(HEADER_LENGTH_HEADER))
+                await post_infer(session, endpoint, body, headers, parse_binary_response)
 
             return await _pass(images, call)
 

@@ -32,10 +32,15 @@ from contextlib import asynccontextmanager
 
 from tritonvision.errors import ServerOverloaded
 
-__all__ = ["DECREASE", "OverloadGate"]
+__all__ = ["DECREASE", "OverloadGate", "backoff_ceiling_s"]
 
 DECREASE = 0.7
 """The window after a refusal, as a fraction of the sends in flight when it came."""
+
+
+def backoff_ceiling_s(base_s: float, max_s: float, n: int) -> float:
+    """The largest backoff before the ``n``-th (1-based) retry or refusal in a row."""
+    return min(max_s, base_s * 2.0 ** (n - 1))
 
 
 class OverloadGate:
@@ -128,7 +133,7 @@ class OverloadGate:
         self._cut_at = self._admitted
         self._streak += 1
         self._window = max(1.0, min(self._window, float(self._active)) * DECREASE)
-        ceiling = min(self._max_s, self._base_s * 2.0 ** (self._streak - 1))
+        ceiling = backoff_ceiling_s(self._base_s, self._max_s, self._streak)
         delay = ceiling / 2.0 + self._jitter(0.0, ceiling / 2.0)
         self._paused_until = max(self._paused_until, self._clock() + delay)
         self.pauses += 1

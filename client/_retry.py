@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from tritonvision.errors import ServerOverloaded, ServerUnavailable
 
-from ._gate import OverloadGate
+from ._gate import OverloadGate, backoff_ceiling_s
 
 __all__ = ["RETRIED_ERRORS", "Retrier", "RetryPolicy"]
 
@@ -49,7 +49,7 @@ class RetryPolicy:
 
     def ceiling_s(self, retry: int) -> float:
         """The largest delay before retry number ``retry`` (1-based)."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (retry - 1))
+        return backoff_ceiling_s(self.backoff_base_s, self.backoff_max_s, retry)
 
 
 class Retrier:

@@ -27,7 +27,7 @@ import yaml
 from tritonvision.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 from tritonvision.errors import InvalidInput, ModelConfigError
 
-from ._repository import RepositorySummary, read_repository
+from ._repository import MIB, RepositorySummary, read_repository
 
 # The constants below are public through ``tritonvision.deploy``; this lists the code.
 __all__ = [
@@ -162,15 +162,6 @@ def image_tag(image: str) -> str:
 # ------------------------------------------------------------------------ building blocks
 
 
-def _labels(options: KubernetesOptions) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": options.name,
-        "app.kubernetes.io/component": "inference-server",
-        "app.kubernetes.io/part-of": "tritonvision",
-        "app.kubernetes.io/managed-by": "tritonvision-deploy",
-    }
-
-
 def _selector(options: KubernetesOptions) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": options.name,
@@ -178,8 +169,17 @@ def _selector(options: KubernetesOptions) -> dict[str, str]:
     }
 
 
+def _labels(options: KubernetesOptions) -> dict[str, str]:
+    """The selector's labels and two informational ones."""
+    return {
+        **_selector(options),
+        "app.kubernetes.io/part-of": "tritonvision",
+        "app.kubernetes.io/managed-by": "tritonvision-deploy",
+    }
+
+
 def _mib(n_bytes: int) -> str:
-    return f"{-(-n_bytes // (1024 * 1024))}Mi"
+    return f"{-(-n_bytes // MIB)}Mi"
 
 
 def _shm_volume(summary: RepositorySummary, options: KubernetesOptions) -> Document:

@@ -20,6 +20,7 @@ torch and transformers are imported inside functions so importing this module st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -234,16 +235,13 @@ def _load_pretrained(cls: Any, checkpoint: Path, hint: str, **kwargs: Any) -> An
     return model.eval()
 
 
-_CLIP_HINT = "a vision-only CLIP checkpoint must be saved from CLIPVisionModelWithProjection"
-
-
 def _load_clip(checkpoint: Path, model_type: str, pooling: str | None) -> nn.Module:
     from transformers import CLIPModel, CLIPVisionModelWithProjection
 
     from ._wrapper import PooledProjection
 
     cls = CLIPModel if model_type == "clip" else CLIPVisionModelWithProjection
-    model = _load_pretrained(cls, checkpoint, _CLIP_HINT)
+    model = _load_pretrained(cls, checkpoint, CLIP.weights_hint)
     return PooledProjection(model.vision_model, model.visual_projection).eval()
 
 
@@ -253,7 +251,7 @@ def _load_siglip(checkpoint: Path, model_type: str, pooling: str | None) -> nn.M
     from ._wrapper import PooledOutput
 
     cls = SiglipModel if model_type == "siglip" else SiglipVisionModel
-    model = _load_pretrained(cls, checkpoint, "save it from SiglipModel or SiglipVisionModel")
+    model = _load_pretrained(cls, checkpoint, SIGLIP.weights_hint)
     # SiglipModel holds the tower as .vision_model; transformers 5's SiglipVisionModel is the
     # tower itself (4.x wrapped it in .vision_model too).
     tower = getattr(model, "vision_model", model)
@@ -362,7 +360,7 @@ CLIP = EncoderFamily(
     default_preprocessing=_clip_default,
     describe_config=_describe_clip,
     load_embedder=_load_clip,
-    weights_hint=_CLIP_HINT,
+    weights_hint="a vision-only CLIP checkpoint must be saved from CLIPVisionModelWithProjection",
 )
 
 SIGLIP = EncoderFamily(
@@ -661,28 +659,21 @@ def module_encoder(
     """
     from torch import nn
 
-    from ._wrapper import EmbeddingWrapper
-
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(preprocess, PreprocessSpec):
         raise TypeError(f"preprocess must be a PreprocessSpec, got {type(preprocess).__name__}")
     module.eval()
     height, width, _ = preprocess.output_shape
-    probe = EmbeddingWrapper(
-        module,
-        rescale_factor=preprocess.rescale_factor,
-        mean=preprocess.mean,
-        std=preprocess.std,
-        normalize=False,
-    ).eval()
-    dim = embedding_dim_of(probe, family=MODULE, height=height, width=width)
     cls = type(module)
-    return LoadedEncoder(
+    unprobed = LoadedEncoder(
         family=MODULE,
         source=source if source is not None else f"module:{cls.__module__}.{cls.__qualname__}",
         trained=trained,
-        embedding_dim=dim,
+        embedding_dim=0,  # learnt from the probe just below
         preprocessing=preprocess,
         embedder=module,
     )
+    probe = unprobed.wrapper(normalize=False)
+    dim = embedding_dim_of(probe, family=MODULE, height=height, width=width)
+    return dataclasses.replace(unprobed, embedding_dim=dim)

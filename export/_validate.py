@@ -22,9 +22,22 @@ if TYPE_CHECKING:
 
     from ._encoders import EncoderFamily
 
-__all__ = ["compare_embeddings", "validate_onnx"]
+__all__ = ["compare_embeddings", "row_cosines", "validate_onnx"]
 
 _UNIT_NORM_ATOL = 1e-4
+
+
+def row_cosines(candidate: npt.NDArray[Any], reference: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The cosine of each row pair of two [N, D] arrays, in float64."""
+    import numpy as np
+
+    a = np.asarray(candidate, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    cosines: npt.NDArray[Any] = np.sum(a * b, axis=-1) / np.maximum(
+        norms, np.finfo(np.float64).tiny
+    )
+    return cosines
 
 
 def compare_embeddings(
@@ -41,8 +54,7 @@ def compare_embeddings(
         return float("inf"), float("nan"), False
     diff = np.abs(a - b)
     max_abs = float(diff.max()) if diff.size else 0.0
-    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    cosines = np.sum(a * b, axis=-1) / np.maximum(norms, np.finfo(np.float64).tiny)
+    cosines = row_cosines(a, b)
     min_cos = float(cosines.min()) if cosines.size else 1.0
     close = bool(np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(b)))
     return max_abs, min_cos, close and min_cos >= tolerance.min_cosine

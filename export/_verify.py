@@ -35,7 +35,7 @@ from ._encoders import (
 )
 from ._errors import VerificationError
 from ._reports import VerifyReport
-from ._validate import compare_embeddings
+from ._validate import compare_embeddings, row_cosines
 
 if TYPE_CHECKING:
     import numpy as np
@@ -121,10 +121,11 @@ def _reference_encoder(checkpoint: Path | None, served_dim: str) -> LoadedEncode
     """
     if checkpoint is None:
         return builtin_encoder()
-    family = ENCODER_FAMILIES[describe_checkpoint(checkpoint).family]
-    for pooling in family.poolings:
-        if str(describe_checkpoint(checkpoint, pooling=pooling).embedding_dim) == served_dim:
-            return load_encoder(checkpoint, pooling=pooling)
+    default = describe_checkpoint(checkpoint)  # with the family's default pooling
+    if str(default.embedding_dim) != served_dim:
+        for pooling in ENCODER_FAMILIES[default.family].poolings[1:]:
+            if str(describe_checkpoint(checkpoint, pooling=pooling).embedding_dim) == served_dim:
+                return load_encoder(checkpoint, pooling=pooling)
     return load_encoder(checkpoint)
 
 
@@ -197,10 +198,7 @@ def verify_model(
 
     tolerance = encoder.family.tolerance_for(fp16=_uses_fp16(config, params))
     max_abs, min_cos, passed = compare_embeddings(got, want, tolerance)
-    a, b = got.astype(np.float64), want.astype(np.float64)
-    cosines = np.sum(a * b, axis=-1) / np.maximum(
-        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), np.finfo(np.float64).tiny
-    )
+    cosines = row_cosines(got, want)
     report = VerifyReport(
         model_name=name,
         served_source=params.get(PARAM_SOURCE, ""),

@@ -242,8 +242,7 @@ class LocalTriton:
         )
         self.device_plan = plan
         logger.info("device %s (%s)", plan.device, plan.reason)
-        for leftover in remove_dead_leftovers():
-            logger.info("removed %s, left by a server that is no longer running", leftover)
+        remove_dead_leftovers()  # logs what it removes
         if self._given_workdir is None:
             workdir, record = create_workdir()
             self._created = [workdir]
@@ -312,7 +311,7 @@ class LocalTriton:
                     grace_s=_STOP_GRACE_S,
                 )
         except _watchdog.SupervisorError as exc:
-            reason = self._failure_reason()
+            reason = self.failure_reason()
             _watchdog.remove_paths(self._created)
             raise ServeError(f"tritonserver could not be started: {exc}\n{reason}") from None
         except BaseException:
@@ -366,7 +365,7 @@ class LocalTriton:
         while time.monotonic() < deadline:
             code = self._supervised.exit_code() if self._supervised else None
             if code is not None:
-                reason = self._failure_reason()
+                reason = self.failure_reason()
                 raise ServeError(f"tritonserver exited with code {code} while starting:\n{reason}")
             with (
                 contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
@@ -376,14 +375,11 @@ class LocalTriton:
                     return
             time.sleep(0.25)
         raise ServeError(
-            f"tritonserver was not ready after {timeout_s:.0f}s:\n{self._failure_reason()}"
+            f"tritonserver was not ready after {timeout_s:.0f}s:\n{self.failure_reason()}"
         )
 
     def failure_reason(self) -> str:
         """Triton's error lines and the models that are not ready: why it failed."""
-        return self._failure_reason()
-
-    def _failure_reason(self) -> str:
         lines = [ln for ln in self.log_text().splitlines() if _ERROR_LINE.search(ln)]
         lines = [
             ln for ln in lines if not any(k in ln for k in ("NVML", "DCGM", "CudaDriverHelper"))

@@ -171,6 +171,8 @@ def remove_dead_leftovers(
     regions: list[Path] = []
     with contextlib.suppress(OSError):
         regions = [p for p in sorted(shm_dir.glob(_SHM_PREFIX_BASE + "*")) if _owned_by_me(p)]
+    if not workdirs and not regions:
+        return []  # nothing to prove dead: skip reading every process's command line
     live = _live_command_lines(proc)
     removed: list[Path] = []
     for workdir in workdirs:

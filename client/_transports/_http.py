@@ -45,9 +45,8 @@ class HttpTransport(Transport):
         self._base = url.rstrip("/")
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        # The protocol's own headers win over the caller's.
-        self._config_headers = {**(headers or {}), **_NO_COMPRESSION}
-        self._infer_headers = dict(headers or {})
+        # Merged once; the protocol's own headers win over the caller's.
+        self._headers = {**(headers or {}), **_NO_COMPRESSION}
 
     async def open(self, stack: AsyncExitStack, session: aiohttp.ClientSession) -> None:
         # The session belongs to the client (it also fetches image URLs); we only borrow it.
@@ -67,7 +66,7 @@ class HttpTransport(Transport):
             async with session.get(
                 self._base + config_path(model, version),
                 timeout=self._timeout(timeout_s),
-                headers=self._config_headers,
+                headers=self._headers,
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
@@ -89,7 +88,7 @@ class HttpTransport(Transport):
             async with session.post(
                 self._base + infer_path(model, version),
                 data=request.body,
-                headers={**self._infer_headers, **request.headers, **_NO_COMPRESSION},
+                headers={**self._headers, **request.headers},
                 timeout=self._timeout(timeout_s),
             ) as resp:
                 body = await resp.read()

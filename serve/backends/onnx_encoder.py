@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tritonvision.serve._device import (
     parse_providers,
     providers_for_instance,
 )
+from tritonvision.serve.backends._stub import config_parameter, log_info
 
 _NP_FROM_TRITON = {
     "TYPE_UINT8": np.uint8,
@@ -40,30 +40,16 @@ _NP_FROM_TRITON = {
 }
 
 
-def _parameter(config: dict[str, Any], key: str, default: str = "") -> str:
-    value = config.get("parameters", {}).get(key, {})
-    return str(value.get("string_value", default)) if isinstance(value, dict) else default
-
-
-def _log_info(message: str) -> None:
-    """Into Triton's log: the python backend's logger, or the stub's stderr (same log)."""
-    logger = getattr(pb_utils, "Logger", None)
-    if logger is not None:
-        logger.log_info(message)
-    else:
-        print(message, file=sys.stderr, flush=True)
-
-
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         import onnxruntime as ort
 
         config = json.loads(args["model_config"])
         self.model_name = config["name"]
-        onnx_name = _parameter(config, PARAM_ONNX_FILE, "model.onnx")
+        onnx_name = config_parameter(config, PARAM_ONNX_FILE, "model.onnx")
         path = Path(args["model_repository"]) / args["model_version"] / onnx_name
         # The environment (an operator's explicit choice) wins over the derived config value.
-        threads = os.environ.get("TRITONVISION_ORT_THREADS") or _parameter(
+        threads = os.environ.get("TRITONVISION_ORT_THREADS") or config_parameter(
             config, PARAM_ORT_THREADS
         )
         options = ort.SessionOptions()
@@ -74,7 +60,7 @@ class TritonPythonModel:
         # Spinning workers burn the cores the other instance and the stubs need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = providers_for_instance(
-            parse_providers(_parameter(config, PARAM_ORT_PROVIDERS)),
+            parse_providers(config_parameter(config, PARAM_ORT_PROVIDERS)),
             kind=args.get("model_instance_kind", "CPU"),
             device_id=int(args.get("model_instance_device_id", "0") or 0),
         )
@@ -85,7 +71,7 @@ class TritonPythonModel:
             try:
                 ort.preload_dlls()
             except Exception as exc:
-                _log_info(f"{self.model_name}: onnxruntime.preload_dlls() failed: {exc}")
+                log_info(f"{self.model_name}: onnxruntime.preload_dlls() failed: {exc}")
         try:
             check_providers(names, ort.get_available_providers(), ort.__version__)
             self.session = ort.InferenceSession(
@@ -104,12 +90,13 @@ class TritonPythonModel:
                 )
         except Exception as exc:
             raise pb_utils.TritonModelException(f"{self.model_name}: {exc}") from exc
-        _log_info(
+        log_info(
             f"{self.model_name}: ONNX Runtime providers {', '.join(active)} "
             f"(instance {args.get('model_instance_name', '?')})"
         )
         self.inputs = [(i["name"], _NP_FROM_TRITON[i["data_type"]]) for i in config["input"]]
         self.outputs = [(o["name"], _NP_FROM_TRITON[o["data_type"]]) for o in config["output"]]
+        self.output_names = [name for name, _ in self.outputs]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         counts: list[int] = []
@@ -124,7 +111,7 @@ class TritonPythonModel:
             for name, arrays in feeds.items()
         }
         try:
-            results = self.session.run([name for name, _ in self.outputs], batch)
+            results = self.session.run(self.output_names, batch)
         except Exception as exc:
             error = pb_utils.TritonError(f"{self.model_name}: ONNX Runtime failed: {exc}")
             return [pb_utils.InferenceResponse(error=error) for _ in requests]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,15 +41,7 @@ from tritonvision.contract import (
 )
 from tritonvision.errors import TritonVisionError
 from tritonvision.serve._device import NvJpegDecoder, choose_image_decoder
-
-
-def _log_info(message: str) -> None:
-    """Into Triton's log: the python backend's logger, or the stub's stderr (same log)."""
-    logger = getattr(pb_utils, "Logger", None)
-    if logger is not None:
-        logger.log_info(message)
-    else:
-        print(message, file=sys.stderr, flush=True)
+from tritonvision.serve.backends._stub import config_parameter, log_info
 
 
 class TritonPythonModel:
@@ -65,7 +56,7 @@ class TritonPythonModel:
                 f"{self.model_name}: config parameter '{PARAM_PREPROCESSING}' is missing"
             ) from exc
         self.spec = PreprocessSpec.from_json(spec_json)
-        max_pixels = parameters.get(PARAM_MAX_IMAGE_PIXELS, {}).get("string_value", "")
+        max_pixels = config_parameter(config, PARAM_MAX_IMAGE_PIXELS)
         self.max_pixels = int(max_pixels) if max_pixels else DEFAULT_MAX_IMAGE_PIXELS
         # Pillow releases the GIL while decoding and resizing, so threads give real parallelism.
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
@@ -80,7 +71,7 @@ class TritonPythonModel:
                 why = f"Pillow (nvImageCodec failed to start on GPU {device_id}: {exc})"
             else:
                 why = f"nvImageCodec on GPU {device_id} (JPEG; other formats with Pillow)"
-        _log_info(f"{self.model_name}: decoding images with {why}")
+        log_info(f"{self.model_name}: decoding images with {why}")
 
     def _finish(
         self, item: tuple[int, bytes, npt.NDArray[np.uint8] | None]
