@@ -20,6 +20,7 @@ from typing import Any, Literal
 from tritonvision.errors import InvalidInput, ModelConfigError
 
 __all__ = [
+    "ATTENTION_MASK",
     "BATCH_AXIS",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -34,6 +35,8 @@ __all__ = [
     "ENSEMBLE_SUFFIX",
     "HF_IMAGE_PROCESSORS",
     "IMAGES_INPUT",
+    "INPUT_IDS",
+    "PARAM_CONTEXT_LENGTH",
     "PARAM_EMBEDDING_DIM",
     "PARAM_FAMILY",
     "PARAM_MAX_IMAGE_PIXELS",
@@ -52,9 +55,18 @@ __all__ = [
     "RUNTIME_PARAMETERS",
     "SIGLIP_MEAN",
     "SIGLIP_STD",
+    "TEXTS_INPUT",
+    "TEXTS_SUFFIX",
+    "TEXT_SUFFIX",
+    "TOKENIZER_DIR",
+    "TOKENIZE_SUFFIX",
+    "TOKEN_INPUTS",
     "PreprocessSpec",
     "ensemble_name",
     "preprocess_name",
+    "text_name",
+    "texts_name",
+    "tokenize_name",
 ]
 
 # ---------------------------------------------------------------------- model names
@@ -67,6 +79,16 @@ ENSEMBLE_SUFFIX = "_images"
 """``NAME_images``: the ensemble from encoded image bytes to embeddings."""
 
 
+TEXT_SUFFIX = "_text"
+"""``NAME_text``: the ONNX text tower (token tensors -> embeddings), in the image space."""
+TOKENIZE_SUFFIX = "_tokenize"
+"""``NAME_tokenize``: the python-backend model that turns strings into token tensors."""
+TEXTS_SUFFIX = "_texts"
+"""``NAME_texts``: the ensemble from UTF-8 strings to text embeddings."""
+TOKENIZER_DIR = "tokenizer"
+"""``NAME_tokenize/<version>/tokenizer/``: the checkpoint's tokenizer files, copied by export."""
+
+
 def preprocess_name(model: str) -> str:
     """The preprocess model of encoder ``model``."""
     return model + PREPROCESS_SUFFIX
@@ -77,6 +99,21 @@ def ensemble_name(model: str) -> str:
     return model + ENSEMBLE_SUFFIX
 
 
+def text_name(model: str) -> str:
+    """The text tower of encoder ``model``."""
+    return model + TEXT_SUFFIX
+
+
+def tokenize_name(model: str) -> str:
+    """The tokenizer model of encoder ``model``."""
+    return model + TOKENIZE_SUFFIX
+
+
+def texts_name(model: str) -> str:
+    """The strings-to-embeddings ensemble of encoder ``model`` (the client's text model)."""
+    return model + TEXTS_SUFFIX
+
+
 # ---------------------------------------------------------------------- tensor names
 
 PIXELS_INPUT = "pixels"
@@ -85,6 +122,16 @@ IMAGES_INPUT = "images"
 """Preprocess and ensemble input: BYTES ``[N, 1]`` of encoded images."""
 EMBEDDINGS_OUTPUT = "embeddings"
 """Encoder and ensemble output: FP32 ``[N, D]``."""
+TEXTS_INPUT = "texts"
+"""Tokenizer and text-ensemble input: BYTES ``[N, 1]`` of UTF-8 strings."""
+INPUT_IDS = "input_ids"
+"""Tokenizer output and text-tower input: INT64 ``[N, L]`` token ids, ``L`` the context length."""
+ATTENTION_MASK = "attention_mask"
+"""Tokenizer output and text-tower input, when the checkpoint's tokenizer gives it: INT64
+``[N, L]``."""
+TOKEN_INPUTS: tuple[str, ...] = (INPUT_IDS, ATTENTION_MASK)
+"""The token tensors a text tower may take, in order: those its tokenizer's
+``model_input_names`` name (CLIP and SigLIP in transformers 5: both)."""
 BATCH_AXIS = "batch"
 """The ONNX graph's named dynamic axis."""
 
@@ -104,6 +151,9 @@ PARAM_NORMALIZED = "tritonvision.normalized"
 """``true`` when the graph L2-normalises its output."""
 PARAM_PRECISION = "tritonvision.precision"
 """``fp32`` / ``fp16`` (weights; input stays UINT8, output FP32)."""
+PARAM_CONTEXT_LENGTH = "tritonvision.context_length"
+"""Text models: ``L``, the tokens every text is padded or truncated to (decimal string), read
+from the checkpoint (CLIP 77, SigLIP 64)."""
 PARAM_MAX_IMAGE_PIXELS = "tritonvision.max_image_pixels"
 """Decompression-bomb limit of the preprocess model (pixels, decimal string)."""
 PARAM_ONNX_FILE = "tritonvision.onnx_file"
@@ -122,8 +172,11 @@ PUBLISHED_PARAMETERS: tuple[str, ...] = (
     PARAM_EMBEDDING_DIM,
     PARAM_NORMALIZED,
     PARAM_PRECISION,
+    PARAM_CONTEXT_LENGTH,
 )
-"""What export writes on the encoder, the preprocess model and the ensemble."""
+"""What export writes: all but the context length on the encoder, the preprocess model and
+the ensemble; all but the preprocessing on the text models (``NAME_text``, ``NAME_tokenize``,
+``NAME_texts``)."""
 RUNTIME_PARAMETERS: tuple[str, ...] = (
     PARAM_MAX_IMAGE_PIXELS,
     PARAM_ONNX_FILE,
