@@ -31,6 +31,7 @@ from . import (
     scenario_7_ray,
     scenario_8_overload,
     scenario_9_cache,
+    scenario_10_texts,
 )
 from ._context import Context, Scenario
 from ._machine import LoadProbe, MachineLoad, machine_info
@@ -51,13 +52,17 @@ SCENARIOS: dict[int, Scenario] = {
         scenario_7_ray.SCENARIO,
         scenario_8_overload.SCENARIO,
         scenario_9_cache.SCENARIO,
+        scenario_10_texts.SCENARIO,
     )
 }
 
 _PREAMBLE = (
     "**Models**: the built-in default encoder (CLIP ViT-B/32 shape, seeded untrained "
     "weights: speed is what matters here) and a tiny CLIP (224 px input, 2 layers of width "
-    "32) whose compute is negligible, so it exposes client, transport and server overheads.",
+    "32) whose compute is negligible, so it exposes client, transport and server overheads. "
+    "Texts (scenario 10): a two-tower CLIP built by the bench with the ViT-B/32 text tower's "
+    "shape (width 512, 12 layers, context 77, d=512, seeded untrained) and a byte-level BPE "
+    "tokenizer, exported with `export --text`.",
     "**Server**: the embedded `tritonserver` {version} of the nvidia-pytriton wheel; the ONNX "
     "encoder runs through ONNX Runtime in Triton's python backend (`tritonvision serve`'s "
     "CPU runtime repository).",

@@ -1,4 +1,4 @@
-"""tritonvision's client: embed images with a vision encoder served by Triton.
+"""tritonvision's client: embed images (and texts) with an encoder served by Triton.
 
 One async core (:class:`AsyncVisionClient`) and a thin blocking face
 (:class:`VisionClient`) that runs it on one background event-loop thread. Each client
@@ -19,6 +19,17 @@ Blocking use::
         ).result()
         batch.embeddings                                           # (3, D), NaN rows failed
         batch.errors                                               # {index: exception}
+
+Texts, with a CLIP / SigLIP export made with ``--text`` (sent to ``<model>_texts``;
+override with ``text_model=``), land in the same space as the images::
+
+    query = client.embed_text("a dog on a beach").result()     # float32 (D,)
+    scores = batch.embeddings @ query                          # cosine (normalised)
+    client.batch_embed_texts(["a cat", "a dog"]).result()      # BatchEmbedding
+
+Texts are tokenised on the server by the checkpoint's own tokenizer: a text longer than
+the context length (77 tokens for CLIP, 64 for SigLIP) is truncated exactly as that
+tokenizer truncates it.
 
 Async use::
 
@@ -71,12 +82,14 @@ _LAZY: dict[str, str] = {
     "parse_header": "_config",
     "FetchConfig": "_fetch",
     "ModelInfo": "_model_info",
+    "TextModelInfo": "_model_info",
     "BatchEmbedding": "_results",
     "ImageSource": "_sources",
     "ClientStats": "_stats",
     "PendingBatchEmbedding": "_sync_client",
     "PendingEmbedding": "_sync_client",
     "PendingModelInfo": "_sync_client",
+    "PendingTextModelInfo": "_sync_client",
     "VisionClient": "_sync_client",
 }
 
@@ -84,7 +97,7 @@ if TYPE_CHECKING:
     from ._async_client import AsyncVisionClient, ClientState
     from ._config import ClientConfig, ConfigOverrides, parse_header
     from ._fetch import FetchConfig
-    from ._model_info import ModelInfo
+    from ._model_info import ModelInfo, TextModelInfo
     from ._results import BatchEmbedding
     from ._sources import ImageSource
     from ._stats import ClientStats
@@ -92,6 +105,7 @@ if TYPE_CHECKING:
         PendingBatchEmbedding,
         PendingEmbedding,
         PendingModelInfo,
+        PendingTextModelInfo,
         VisionClient,
     )
 
@@ -125,6 +139,7 @@ __all__ = [
     "PendingBatchEmbedding",
     "PendingEmbedding",
     "PendingModelInfo",
+    "PendingTextModelInfo",
     "PreprocessSpec",
     "ProtocolError",
     "RequestTimeout",
@@ -132,6 +147,7 @@ __all__ = [
     "ServerError",
     "ServerOverloaded",
     "ServerUnavailable",
+    "TextModelInfo",
     "TritonVisionError",
     "VisionClient",
     "parse_header",

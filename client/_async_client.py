@@ -1,4 +1,4 @@
-"""The async client: the one implementation of every embedding call.
+"""The async client: the one implementation of every embedding call (images and texts).
 
 One :class:`AsyncVisionClient` owns one runtime's worth of resources, created lazily on
 its event loop inside a coroutine and registered on one ``AsyncExitStack``:
@@ -8,9 +8,10 @@ its event loop inside a coroutine and registered on one ``AsyncExitStack``:
 - one ``ThreadPoolExecutor`` for decoding and resizing.
 
 This class is the lifecycle and the public methods; the work is done by small modules:
-``_inputs`` (what each entry point accepts, source -> pixels), ``_model_info`` (the model
-config, checked and cached), ``_pipeline`` (batches), ``_coalesce`` (concurrent single calls
-merged while busy), ``_retry`` (backoff) and ``_transports`` (the wire). ``VisionClient``
+``_inputs`` (what each entry point accepts, source -> pixels), ``_texts`` (the same for
+texts), ``_model_info`` (the model configs, checked and cached), ``_pipeline`` (batches),
+``_coalesce`` (concurrent single calls merged while busy), ``_retry`` (backoff) and
+``_transports`` (the wire). ``VisionClient``
 (the blocking face) runs this class on its background loop and holds no logic of its own.
 """
 
@@ -31,7 +32,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec
+from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec, texts_name
 from tritonvision.errors import ClientClosed, InvalidInput, RuntimeUnavailable
 
 from ._coalesce import Coalescer, coalesced_batch_size
@@ -48,13 +49,20 @@ from ._inputs import (
     expect_path,
     expect_url,
 )
-from ._model_info import ModelInfo, ModelInfoCache, embedding_rows, model_info_from_config
+from ._model_info import (
+    ModelInfo,
+    ModelInfoCache,
+    TextModelInfo,
+    embedding_rows,
+    model_info_from_config,
+)
 from ._pipeline import BatchPipeline, pack_size
-from ._protocol import InputTensor
+from ._protocol import InputTensor, ModelConfig
 from ._results import BatchEmbedding
 from ._retry import Retrier, RetryPolicy
 from ._sources import ImageSource
 from ._stats import ClientStats, StatsRecorder
+from ._texts import TextCalls, check_batch_texts
 from ._transports import Transport, make_transport
 
 if TYPE_CHECKING:
@@ -85,6 +93,10 @@ class AsyncVisionClient:
     ``allow_local_files=False`` refuses path sources: see ``SECURITY.md``).
     ``preprocessing`` overrides the spec the model publishes (required for models that
     publish none).
+
+    Texts (:meth:`embed_text`, :meth:`batch_embed_texts`) go to ``text_model`` (default
+    ``<model>_texts``, the ensemble ``tritonvision export --text`` writes; its latest
+    version) through the same session, channel and request slots.
     """
 
     def __init__(
@@ -95,12 +107,15 @@ class AsyncVisionClient:
         config: ClientConfig | None = None,
         preprocessing: PreprocessSpec | None = None,
         model_version: str = "",
+        text_model: str | None = None,
         **overrides: Unpack[ConfigOverrides],
     ) -> None:
         base = config if config is not None else ClientConfig()
         self._config = cfg = base.with_overrides(overrides)
         if not isinstance(model, str) or not model:
             raise InvalidInput(f"model must be a model name, got {model!r}")
+        if text_model is not None and (not isinstance(text_model, str) or not text_model):
+            raise InvalidInput(f"text_model must be a model name, got {text_model!r}")
         self._url = url
         self._model = model
         self._model_version = model_version
@@ -127,6 +142,13 @@ class AsyncVisionClient:
             else None
         )
         self._models = ModelInfoCache(self._load_model_info)
+        self._texts = TextCalls(
+            model=text_model if text_model is not None else texts_name(model),
+            config=cfg,
+            stats=self._stats,
+            load_config=self._load_config,
+            request=self._request,
+        )
         self._state = ClientState.UNOPENED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stack: AsyncExitStack | None = None
@@ -138,7 +160,7 @@ class AsyncVisionClient:
         self._active = 0
         self._idle: asyncio.Event | None = None
         self._close_task: asyncio.Future[None] | None = None
-        self._coalescer: Coalescer | None = None
+        self._coalescer: Coalescer[npt.NDArray[np.uint8]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +174,11 @@ class AsyncVisionClient:
     @property
     def model(self) -> str:
         return self._model
+
+    @property
+    def text_model(self) -> str:
+        """The model texts are sent to (``<model>_texts`` unless given)."""
+        return self._texts.model
 
     @property
     def config(self) -> ClientConfig:
@@ -264,6 +291,7 @@ class AsyncVisionClient:
         await self._idle.wait()
         if self._coalescer is not None:  # its callers are drained: this stops its dispatcher
             await self._coalescer.aclose()
+        await self._texts.aclose()
         self._models.cancel_all()
         stack, self._stack = self._stack, None
         if stack is not None:
@@ -308,11 +336,19 @@ class AsyncVisionClient:
             return await self._models.get(self._model, self._model_version)
 
     async def _load_model_info(self, model: str, version: str) -> ModelInfo:
+        cfg = await self._load_config(model, version)
+        return model_info_from_config(model, version, cfg, self._preprocessing)
+
+    async def _load_config(self, model: str, version: str) -> ModelConfig:
         timeout_s = self._config.request_timeout_s
-        cfg = await self._retrier.call(
+        return await self._retrier.call(
             lambda: self._transport.model_config(model, version, timeout_s=timeout_s)
         )
-        return model_info_from_config(model, version, cfg, self._preprocessing)
+
+    async def text_model_info(self) -> TextModelInfo:
+        """The text model's config, embedding size and context length (fetched once)."""
+        async with self._operation():
+            return await self._texts.info()
 
     # ---------------------------------------------------------------------- embedding
 
@@ -362,7 +398,7 @@ class AsyncVisionClient:
             self._stats.succeeded(1)
             return row
 
-    def _coalescer_for(self, info: ModelInfo) -> Coalescer | None:
+    def _coalescer_for(self, info: ModelInfo) -> Coalescer[npt.NDArray[np.uint8]] | None:
         """The client's coalescer of single calls (made on first use), or None if off."""
         if self._coalescer is not None:
             return self._coalescer
@@ -401,7 +437,7 @@ class AsyncVisionClient:
             loader, slots = self._loader, self._slots
             assert loader is not None and slots is not None
             cfg = self._config
-            pipeline = BatchPipeline(
+            pipeline: BatchPipeline[ImageSource, npt.NDArray[np.uint8]] = BatchPipeline(
                 prepare=lambda source: loader.pixels(source, info.preprocessing),
                 infer=lambda images: self._infer(info, images),
                 slots=slots,
@@ -429,7 +465,13 @@ class AsyncVisionClient:
             batch = images[0][np.newaxis]  # a view: no copy for the common single image
         else:
             batch = np.stack(images)
-        inputs = [InputTensor(info.input_name, batch, "UINT8")]
+        return await self._request(info, InputTensor(info.input_name, batch, "UINT8"), count)
+
+    async def _request(
+        self, info: ModelInfo | TextModelInfo, tensor: InputTensor, count: int
+    ) -> npt.NDArray[np.float32]:
+        """One inference request of ``count`` items (retried if transient, through the gate)."""
+        inputs = [tensor]
         timeout_s = self._config.request_timeout_s
 
         async def attempt() -> npt.NDArray[Any]:
@@ -445,6 +487,38 @@ class AsyncVisionClient:
             return outcome.outputs[info.output_name]
 
         return embedding_rows(await self._retrier.call(attempt, gate=self._gate), count, info)
+
+    # ------------------------------------------------------------------------ texts
+
+    async def embed_text(self, text: str) -> npt.NDArray[np.float32]:
+        """Embed one text with the text tower, in the image embeddings' space: ``(D,)`` float32.
+
+        ``text`` must be a ``str`` (UTF-8 encodable; ``""`` is fine), else
+        :class:`InvalidInput`. The server tokenises it with the checkpoint's own tokenizer,
+        so a text longer than the context length (:meth:`text_model_info`:
+        ``context_length``; 77 tokens for CLIP, 64 for SigLIP) is truncated exactly as
+        that tokenizer truncates it.
+        """
+        async with self._operation():
+            assert self._slots is not None
+            return await self._texts.embed(text, self._slots)
+
+    async def batch_embed_texts(self, texts: Iterable[str]) -> BatchEmbedding:
+        """Embed many texts; one bad item never sinks the rest.
+
+        Returns a :class:`BatchEmbedding` in input order: NaN rows for failed items, and
+        ``errors`` (index -> exception; a non-``str`` item or one that cannot be UTF-8
+        encoded is an :class:`InvalidInput` naming ``texts[i]``). ``texts`` is read lazily
+        with bounded look-ahead, as in :meth:`batch_embed_images`; packs hold at most
+        ``min(pack_batch_size, max_batch_size)`` texts and ``max_request_bytes`` of UTF-8,
+        and a pack Triton refuses as a whole is re-sent text by text. Over-long texts are
+        truncated by the server's tokenizer exactly as the checkpoint's tokenizer does (see
+        :meth:`embed_text`). A single ``str`` passed as ``texts`` is refused at once.
+        """
+        check_batch_texts(texts)
+        async with self._operation():
+            assert self._slots is not None
+            return await self._texts.batch(texts, self._slots)
 
 
 async def _open_resources(

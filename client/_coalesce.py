@@ -26,7 +26,9 @@ wire::
   drops its row. The others never notice.
 
 ``infer`` and ``slots`` are the seams: the client passes its retried inference call and its
-request semaphore; tests pass fakes.
+request semaphore; tests pass fakes. The items are images' pixels for ``embed*()`` and
+texts' UTF-8 bytes for ``embed_text()`` (one coalescer per model); texts differ in size, so
+with ``weigh`` a merged request also stays within ``max_request_bytes``.
 """
 
 from __future__ import annotations
@@ -36,22 +38,21 @@ import copy
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from tritonvision.errors import ClientClosed, RuntimeUnavailable
 
-from ._pipeline import infer_or_split, pack_size
+from ._pipeline import PackBudget, infer_or_split, pack_size
 
 __all__ = ["Coalescer", "coalesced_batch_size"]
 
 logger = logging.getLogger(__name__)
 
-Pixels = npt.NDArray[np.uint8]
+ItemT = TypeVar("ItemT")
 Row = npt.NDArray[np.float32]
-Infer = Callable[[Sequence[Pixels]], Awaitable[npt.NDArray[np.float32]]]
-_Waiter = tuple[Pixels, "asyncio.Future[Row]"]
 
 
 def coalesced_batch_size(
@@ -78,39 +79,45 @@ def coalesced_batch_size(
     )
 
 
-class Coalescer:
+class Coalescer(Generic[ItemT]):
     """Sends single images at once when idle, merged when busy; one row or error per caller.
 
     ``infer`` sends one request for a sequence of images and returns one row per image;
     ``slots`` is the client's semaphore of requests in flight (one is held per request);
     ``max_batch`` caps the images of one request (the model's max batch size, the byte cap);
-    ``open_requests`` is how many requests may be out before calls queue to be merged.
+    ``open_requests`` is how many requests may be out before calls queue to be merged;
+    ``weigh`` (None: items all weigh the same, ``max_batch`` covers the byte cap) gives an
+    item's bytes on the wire, and a merged request then stays within ``max_request_bytes``.
     """
 
     def __init__(
         self,
         *,
-        infer: Infer,
+        infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
         slots: asyncio.Semaphore,
         max_batch: int,
         open_requests: int,
+        weigh: Callable[[ItemT], int] | None = None,
+        max_request_bytes: int = 0,
     ) -> None:
         self._infer = infer
         self._slots = slots
         self._max_batch = max(1, max_batch)
         self._max_open = max(1, open_requests)
-        self._queue: deque[_Waiter] = deque()
+        self._weigh = weigh
+        self._max_request_bytes = max_request_bytes
+        self._queue: deque[tuple[ItemT, asyncio.Future[Row]]] = deque()
         self._open = 0  # requests out (sent alone or merged)
         self._images_out = 0  # images in those requests
         self._alone = 0  # callers sending their own request
-        self._sending: dict[asyncio.Task[None], list[_Waiter]] = {}
+        self._sending: dict[asyncio.Task[None], list[tuple[ItemT, asyncio.Future[Row]]]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()  # the dispatcher may have something to do
         self._progress = asyncio.Event()  # a caller was served or left (close waits on it)
         self._closed = False
 
-    async def embed(self, pixels: Pixels) -> Row:
-        """The row of one image; sent at once if idle, else with what queued meanwhile."""
+    async def embed(self, pixels: ItemT) -> Row:
+        """The row of one item; sent at once if idle, else with what queued meanwhile."""
         if self._closed:
             raise ClientClosed("the client is closing; no new calls are taken")
         self._drop_cancelled()
@@ -156,7 +163,7 @@ class Coalescer:
         waiting = [*self._queue, *(w for batch in self._sending.values() for w in batch)]
         return any(not future.done() for _, future in waiting)
 
-    async def _send_alone(self, pixels: Pixels) -> Row:
+    async def _send_alone(self, pixels: ItemT) -> Row:
         self._open += 1
         self._images_out += 1
         self._alone += 1
@@ -223,11 +230,18 @@ class Coalescer:
                 continue
             await self._slots.acquire()
             size = self._batch_size()
-            batch: list[_Waiter] = []
+            batch: list[tuple[ItemT, asyncio.Future[Row]]] = []
+            budget: PackBudget[ItemT] | None = None
             while self._queue and len(batch) < size:
-                waiter = self._queue.popleft()
-                if not waiter[1].done():
-                    batch.append(waiter)
+                waiter = self._queue[0]
+                if waiter[1].done():
+                    self._queue.popleft()
+                    continue
+                if budget is None:
+                    budget = PackBudget(self._weigh, self._max_request_bytes, waiter[0])
+                elif not budget.admits(waiter[0]):
+                    break  # first in the next request
+                batch.append(self._queue.popleft())
             if not batch:
                 self._slots.release()
                 continue
@@ -254,7 +268,7 @@ class Coalescer:
                 future.set_exception(_own_copy(error))
         self._poke()
 
-    async def _send(self, batch: list[_Waiter]) -> None:
+    async def _send(self, batch: list[tuple[ItemT, asyncio.Future[Row]]]) -> None:
         outcomes = await infer_or_split(self._infer, [pixels for pixels, _ in batch])
         shared = len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes)
         answered = False

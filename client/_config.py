@@ -133,9 +133,11 @@ class ClientConfig:
         decode_workers: threads of the one decode/resize pool.
         max_inline_bytes: largest bytes/base64 image accepted (decoded size).
         max_image_pixels: decompression-bomb limit.
-        pack_batch_size: images per inference request in ``batch_embed_images``
-            (capped by the model's ``max_batch_size`` and ``max_request_bytes``).
-        max_request_bytes: largest request body the client builds.
+        pack_batch_size: images (texts) per inference request in ``batch_embed_images``
+            (``batch_embed_texts``), capped by the model's ``max_batch_size`` and
+            ``max_request_bytes``.
+        max_request_bytes: largest request body the client builds (a text whose UTF-8
+            bytes alone exceed it is an :class:`InvalidInput`).
         max_lookahead_items: most batch items loaded/decoded ahead of completion
             (``None``: ``2 * max_in_flight * pack_batch_size``, at least ``2 * decode_workers``).
         fetch: URL fetching policy and limits (SSRF guard, sizes, timeouts).
@@ -151,13 +153,14 @@ class ClientConfig:
             signal: new sends wait (jittered backoff) and fewer are let in while in-flight
             work drains (``_gate.OverloadGate``). ``False``: each request backs off alone.
         deduplicate_inputs: in ``batch_embed_images``, identical inputs (the same string
-            or bytes, or the same pixels once decoded) are sent once and fill every row.
-        coalesce: single calls (``embed*()``) made while the client is busy are sent
-            together as one request, each caller still getting its own row or error
-            (``_coalesce.Coalescer``). A call made while the client is idle goes out at
-            once. Models without a batch dimension (``max_batch_size`` 0) never coalesce.
-        coalesce_max_batch: most images in one coalesced request (``None``: the model's
-            ``max_batch_size``; always capped by it and by ``max_request_bytes``).
+            or bytes, or the same pixels once decoded) are sent once and fill every row;
+            in ``batch_embed_texts``, identical texts.
+        coalesce: single calls (``embed*()``, ``embed_text()``) made while the client is
+            busy are sent together as one request, each caller still getting its own row or
+            error (``_coalesce.Coalescer``). A call made while the client is idle goes out
+            at once. Models without a batch dimension (``max_batch_size`` 0) never coalesce.
+        coalesce_max_batch: most images (texts) in one coalesced request (``None``: the
+            model's ``max_batch_size``; always capped by it and by ``max_request_bytes``).
         coalesce_open_requests: most requests of single calls out at once while calls
             wait to be merged; a full batch goes out anyway (within ``max_in_flight``).
     """

@@ -7,7 +7,8 @@
   item. The repeat is neither loaded, decoded nor sent;
 - **by pixels**, once decoded: the same model input as an earlier item (two files with
   the same content, a PNG and a lossless WebP of one image, the same PIL image twice).
-  The repeat is not sent.
+  The repeat is not sent. (``batch_embed_texts`` asks the same of each text's UTF-8
+  bytes, :meth:`BatchDedup.repeats_prepared`; a repeated text is already caught by source.)
 
 Each repeat gets its first occurrence's row, or its error, in its own position
 (:meth:`BatchDedup.fill`). Keys are 16-byte digests, so a long batch keeps no source
@@ -58,6 +59,15 @@ def pixels_key(pixels: npt.NDArray[np.uint8]) -> bytes:
     return digest.digest()
 
 
+def prepared_key(item: object) -> bytes | None:
+    """A digest of a prepared model input (pixels, or a text's UTF-8 bytes); None for others."""
+    if isinstance(item, np.ndarray):
+        return pixels_key(item)
+    if isinstance(item, bytes):
+        return _digest(b"prepared", item)
+    return None
+
+
 class BatchDedup:
     """The repeats of one batch and the earlier item each one repeats."""
 
@@ -78,6 +88,11 @@ class BatchDedup:
     def repeats_pixels(self, index: int, pixels: npt.NDArray[np.uint8]) -> bool:
         """Whether item ``index`` decoded to the same pixels as another (then remembered)."""
         return self._remember(self._by_pixels, pixels_key(pixels), index)
+
+    def repeats_prepared(self, index: int, item: object) -> bool:
+        """:meth:`repeats_pixels` for any prepared item (pixels or UTF-8 bytes)."""
+        key = prepared_key(item)
+        return key is not None and self._remember(self._by_pixels, key, index)
 
     def _remember(self, seen: dict[bytes, int], key: bytes, index: int) -> bool:
         first = seen.setdefault(key, index)

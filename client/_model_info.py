@@ -5,6 +5,10 @@ send (UINT8 NHWC pixels of the spec's size to the encoder, not to the ``_images`
 ensemble) and picks the embeddings output. :class:`ModelInfoCache` shares one lookup per
 ``(model, version)`` between concurrent callers and forgets failures, so the next call asks
 again. :func:`embedding_rows` checks an inference output against the model's declaration.
+
+:class:`TextModelInfo` (:func:`text_model_info_from_config`) is the same for the text model:
+BYTES ``texts`` in (the ``_texts`` ensemble), ``embeddings`` out, and the context length the
+server's tokenizer truncates to.
 """
 
 from __future__ import annotations
@@ -12,17 +16,43 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from tritonvision.contract import EMBEDDINGS_OUTPUT, PARAM_PREPROCESSING, PreprocessSpec
+from tritonvision.contract import (
+    EMBEDDINGS_OUTPUT,
+    PARAM_CONTEXT_LENGTH,
+    PARAM_PREPROCESSING,
+    TEXTS_INPUT,
+    PreprocessSpec,
+)
 from tritonvision.errors import ModelConfigError, ProtocolError
 
 from ._protocol import ModelConfig
 
-__all__ = ["ModelInfo", "ModelInfoCache", "embedding_rows", "model_info_from_config"]
+__all__ = [
+    "ModelInfo",
+    "ModelInfoCache",
+    "TextModelInfo",
+    "embedding_rows",
+    "model_info_from_config",
+    "text_model_info_from_config",
+]
+
+InfoT = TypeVar("InfoT")
+
+
+class EmbeddingModel(Protocol):
+    """What :func:`embedding_rows` needs of a model's info (image or text)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def output_name(self) -> str: ...
+    @property
+    def embedding_dim(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -123,15 +153,75 @@ def _pick_output(model: str, cfg: ModelConfig) -> tuple[str, int | None]:
     return chosen.name, dim
 
 
+@dataclass(frozen=True)
+class TextModelInfo:
+    """What the client learned about its text model (the ``_texts`` ensemble), cached.
+
+    ``max_batch_size`` 0 means unbatched requests, one text each. ``context_length`` is
+    the token count the server's tokenizer pads and truncates every text to (published as
+    ``tritonvision.context_length``; None if the model does not say).
+    """
+
+    name: str
+    version: str
+    config: ModelConfig
+    input_name: str
+    output_name: str
+    embedding_dim: int | None
+    max_batch_size: int
+    context_length: int | None
+
+
+def text_model_info_from_config(model: str, version: str, cfg: ModelConfig) -> TextModelInfo:
+    """The :class:`TextModelInfo` of ``cfg``.
+
+    Raises :class:`ModelConfigError` naming ``model`` if it does not take BYTES ``texts``
+    (an image encoder, the token-level ``_text`` tower) or has no usable output.
+    """
+    if cfg.inputs:
+        matching = [t for t in cfg.inputs if t.name == TEXTS_INPUT]
+        if not matching:
+            raise ModelConfigError(
+                f"model {model!r} has no input {TEXTS_INPUT!r} (its inputs: "
+                f"{[t.name for t in cfg.inputs]}); embed_text() sends strings to the text "
+                "ensemble, NAME_texts (export with --text), not to an image encoder or the "
+                "token-level NAME_text tower"
+            )
+        declared = matching[0]
+        if declared.datatype != "BYTES":
+            raise ModelConfigError(
+                f"model {model!r} input {declared.name!r} is {declared.datatype}, "
+                "the client sends BYTES (UTF-8 strings)"
+            )
+        if len(declared.dims) != 1 or declared.dims[0] not in (-1, 1):
+            raise ModelConfigError(
+                f"model {model!r} input {declared.name!r} has dims {list(declared.dims)}, "
+                "the client sends one string per item (dims [1])"
+            )
+    output_name, dim = _pick_output(model, cfg)
+    raw_length = cfg.parameters.get(PARAM_CONTEXT_LENGTH, "")
+    context_length = int(raw_length) if raw_length.strip().isdigit() else None
+    return TextModelInfo(
+        name=model,
+        version=version,
+        config=cfg,
+        input_name=TEXTS_INPUT,
+        output_name=output_name,
+        embedding_dim=dim,
+        max_batch_size=max(0, cfg.max_batch_size),
+        context_length=context_length,
+    )
+
+
 def embedding_rows(
-    output: npt.NDArray[Any], count: int, info: ModelInfo
+    output: npt.NDArray[Any], count: int, info: EmbeddingModel
 ) -> npt.NDArray[np.float32]:
     """``output`` as ``(count, D)`` float32; :class:`ProtocolError` if it cannot be."""
     array = np.asarray(output)
     if array.size == 0 or array.size % count:
         raise ProtocolError(
             f"model {info.name!r} returned output {info.output_name!r} of shape "
-            f"{array.shape} for {count} image(s)",
+            f"{array.shape} for {count} item(s)",
             status=200,
             model=info.name,
         )
@@ -146,17 +236,18 @@ def embedding_rows(
     return rows.astype(np.float32, copy=False)
 
 
-class ModelInfoCache:
+class ModelInfoCache(Generic[InfoT]):
     """One shared lookup per ``(model, version)``; successes are kept, failures are not.
 
-    Lives on one event loop (the client's); ``load`` does the actual lookup.
+    Lives on one event loop (the client's); ``load`` does the actual lookup (a
+    :class:`ModelInfo` for the image model, a :class:`TextModelInfo` for the text model).
     """
 
-    def __init__(self, load: Callable[[str, str], Awaitable[ModelInfo]]) -> None:
+    def __init__(self, load: Callable[[str, str], Awaitable[InfoT]]) -> None:
         self._load = load
-        self._entries: dict[tuple[str, str], asyncio.Future[ModelInfo]] = {}
+        self._entries: dict[tuple[str, str], asyncio.Future[InfoT]] = {}
 
-    async def get(self, model: str, version: str) -> ModelInfo:
+    async def get(self, model: str, version: str) -> InfoT:
         key = (model, version)
         fut = self._entries.get(key)
         if fut is None:
@@ -166,7 +257,7 @@ class ModelInfoCache:
         # Shielded: one caller's cancellation must not cancel the shared lookup.
         return await asyncio.shield(fut)
 
-    def _forget_failure(self, key: tuple[str, str], fut: asyncio.Future[ModelInfo]) -> None:
+    def _forget_failure(self, key: tuple[str, str], fut: asyncio.Future[InfoT]) -> None:
         # A failure is not cached: the next call asks again (the server may be back).
         failed = fut.cancelled() or fut.exception() is not None
         if failed and self._entries.get(key) is fut:

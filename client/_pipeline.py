@@ -1,6 +1,7 @@
-"""The batch pipeline: load, decode and infer many images with bounded look-ahead.
+"""The batch pipeline: prepare and infer many items with bounded look-ahead.
 
-One :class:`BatchPipeline` runs one ``batch_embed_images`` call::
+One :class:`BatchPipeline` runs one ``batch_embed_images`` call (items: pixels) or one
+``batch_embed_texts`` call (items: UTF-8 bytes)::
 
     sources ──admit (≤ lookahead)──> prepare tasks ──> ready queue ──dispatch──> send tasks
                                       (load + decode)                (≤ slots)   (one pack each)
@@ -8,8 +9,10 @@ One :class:`BatchPipeline` runs one ``batch_embed_images`` call::
 - *admitted*: a semaphore of ``lookahead`` permits, taken before an item is started and
   given back when it is finished (row or error), so memory stays bounded however long
   the iterable is;
-- *ready*: prepared pixels wait here; the dispatcher takes a request slot first, then
-  packs whatever is ready (up to ``pack_size``): while Triton is busy, packs fill;
+- *ready*: prepared items wait here; the dispatcher takes a request slot first, then
+  packs whatever is ready (up to ``pack_size`` items, and, with ``weigh``, up to
+  ``max_request_bytes`` on the wire: texts differ in size, images of one model do not):
+  while Triton is busy, packs fill;
 - *send*: one inference request per pack; a pack Triton refuses as a whole (a 4xx, not
   overload) is re-sent item by item in the same slot, so only the bad item fails
   (:func:`infer_or_split`, shared with the coalescer of single calls).
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,13 +36,14 @@ from tritonvision.errors import ProtocolError, ServerError, ServerOverloaded
 from ._dedup import BatchDedup
 from ._inputs import attach_source
 from ._results import BatchEmbedding
-from ._sources import ImageSource
 from ._stats import StatsRecorder
 
-__all__ = ["BatchPipeline", "infer_or_split", "pack_size"]
+__all__ = ["BatchPipeline", "PackBudget", "infer_or_split", "pack_size"]
 
-Pixels = npt.NDArray[np.uint8]
-_Item = tuple[int, ImageSource, Pixels]
+SourceT = TypeVar("SourceT")
+"""What the caller passes per item (an image source, a text)."""
+ItemT = TypeVar("ItemT")
+"""What one prepared item is (pixels, UTF-8 bytes): what ``infer`` sends."""
 
 
 def pack_size(
@@ -50,24 +55,28 @@ def pack_size(
     return max(1, min(size, max_request_bytes // max(1, item_bytes)))
 
 
-class BatchPipeline:
+class BatchPipeline(Generic[SourceT, ItemT]):
     """One batch: ``prepare`` each source, ``infer`` packs of them, collect rows and errors.
 
     ``slots`` is the client's semaphore of requests in flight (shared with single calls);
     ``embedding_dim`` sizes the result when no item succeeds (None: taken from a row).
+    ``weigh`` (None: items are not weighed) gives an item's bytes on the wire; a pack then
+    also stays within ``max_request_bytes`` (an item heavier than that goes alone).
     """
 
     def __init__(
         self,
         *,
-        prepare: Callable[[ImageSource], Awaitable[Pixels]],
-        infer: Callable[[Sequence[Pixels]], Awaitable[npt.NDArray[np.float32]]],
+        prepare: Callable[[SourceT], Awaitable[ItemT]],
+        infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
         slots: asyncio.Semaphore,
         pack_size: int,
         lookahead: int,
         embedding_dim: int | None,
         stats: StatsRecorder,
         deduplicate: bool = False,
+        weigh: Callable[[ItemT], int] | None = None,
+        max_request_bytes: int = 0,
     ) -> None:
         self._prepare_one = prepare
         # Repeats of an earlier item are not loaded (same source) or not sent (same pixels).
@@ -75,16 +84,20 @@ class BatchPipeline:
         self._infer = infer
         self._slots = slots
         self._pack_size = max(1, pack_size)
+        self._weigh = weigh
+        self._max_request_bytes = max_request_bytes
         self._embedding_dim = embedding_dim
         self._stats = stats
         self._admitted = asyncio.Semaphore(lookahead)
-        self._ready: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._ready: asyncio.Queue[tuple[int, SourceT, ItemT] | None] = asyncio.Queue()
+        # An item that did not fit the last pack's byte budget: first in the next one.
+        self._carried: tuple[int, SourceT, ItemT] | None = None
         self._preparing: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
         self._rows: dict[int, npt.NDArray[np.float32]] = {}
         self._errors: dict[int, BaseException] = {}
 
-    async def run(self, sources: Iterable[ImageSource]) -> BatchEmbedding:
+    async def run(self, sources: Iterable[SourceT]) -> BatchEmbedding:
         """Embed every source; errors about one item are recorded, others raised."""
         dispatcher = asyncio.ensure_future(self._dispatch())
         main = asyncio.current_task()
@@ -142,57 +155,64 @@ class BatchPipeline:
         task.add_done_callback(tasks.discard)
         return task
 
-    def _record(self, index: int, source: ImageSource, exc: BaseException, *, shared: bool) -> None:
+    def _record(self, index: int, source: SourceT, exc: BaseException, *, shared: bool) -> None:
         if not shared:  # one exception object for a whole pack names no single input
             attach_source(exc, source)
         self._errors[index] = exc
         self._stats.failed(exc)
 
-    async def _prepare(self, index: int, source: ImageSource) -> None:
+    async def _prepare(self, index: int, source: SourceT) -> None:
         dedup = self._dedup
         if dedup is not None and dedup.repeats_source(index, source):
             self._admitted.release()  # filled from the first occurrence at the end
             return
         try:
-            pixels = await self._prepare_one(source)
+            prepared = await self._prepare_one(source)
         except Exception as exc:
             self._record(index, source, exc, shared=False)
             self._admitted.release()
             return
-        if dedup is not None and dedup.repeats_pixels(index, pixels):
+        if dedup is not None and dedup.repeats_prepared(index, prepared):
             self._admitted.release()
             return
-        self._ready.put_nowait((index, source, pixels))
+        self._ready.put_nowait((index, source, prepared))
 
     async def _dispatch(self) -> None:
         finished = False
         while not finished:
-            first = await self._ready.get()
+            first = self._carried
+            self._carried = None
+            if first is None:
+                first = await self._ready.get()
             if first is None:
                 return
             # Wait for a slot first: while Triton is busy, more items get ready to pack.
             await self._slots.acquire()
             items = [first]
+            budget = PackBudget(self._weigh, self._max_request_bytes, first[2])
             while len(items) < self._pack_size and not self._ready.empty():
                 item = self._ready.get_nowait()
                 if item is None:
                     finished = True
+                    break
+                if not budget.admits(item[2]):
+                    self._carried = item
                     break
                 items.append(item)
             task = self._track(self._sending, self._send(items))
             # A done-callback, so the slot comes back even if the task never started.
             task.add_done_callback(lambda _: self._slots.release())
 
-    async def _send(self, items: list[_Item]) -> None:
+    async def _send(self, items: list[tuple[int, SourceT, ItemT]]) -> None:
         try:
             await self._send_pack(items)
         finally:
             for _ in items:
                 self._admitted.release()
 
-    async def _send_pack(self, items: list[_Item]) -> None:
+    async def _send_pack(self, items: list[tuple[int, SourceT, ItemT]]) -> None:
         """Send one pack; record a row or an error for each of its items."""
-        outcomes = await infer_or_split(self._infer, [pixels for _, _, pixels in items])
+        outcomes = await infer_or_split(self._infer, [prepared for _, _, prepared in items])
         shared = len(outcomes) > 1 and all(o is outcomes[0] for o in outcomes)
         succeeded = 0
         for (index, source, _), outcome in zip(items, outcomes, strict=True):
@@ -205,15 +225,34 @@ class BatchPipeline:
             self._stats.succeeded(succeeded)
 
 
+class PackBudget(Generic[ItemT]):
+    """The wire bytes left in one pack that starts with ``first`` (no limit when items are
+    not weighed). The first item always goes, however heavy: it must be sent somehow."""
+
+    def __init__(self, weigh: Callable[[ItemT], int] | None, limit: int, first: ItemT) -> None:
+        self._weigh = weigh
+        self._left = limit - weigh(first) if weigh is not None else 0
+
+    def admits(self, item: ItemT) -> bool:
+        """Whether ``item`` still fits (then it is counted in)."""
+        if self._weigh is None:
+            return True
+        cost = self._weigh(item)
+        if cost > self._left:
+            return False
+        self._left -= cost
+        return True
+
+
 async def infer_or_split(
-    infer: Callable[[Sequence[Pixels]], Awaitable[npt.NDArray[np.float32]]],
-    images: Sequence[Pixels],
+    infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
+    images: Sequence[ItemT],
 ) -> list[npt.NDArray[np.float32] | Exception]:
-    """Send ``images`` as one request; one outcome per image: its row or its error.
+    """Send ``images`` (or texts) as one request; one outcome per item: its row or its error.
 
     A request Triton refuses as a whole (a 4xx: not overload, not a malformed answer) is
-    re-sent image by image, in turn, so only the bad image fails. Any other error is about
-    the request, not an image: it is the same exception object for every image.
+    re-sent item by item, in turn, so only the bad item fails. Any other error is about
+    the request, not an item: it is the same exception object for every item.
     """
     try:
         rows = await infer(images)

@@ -182,6 +182,16 @@ class InputTensor:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.array.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """The tensor's bytes on the wire (BYTES: each item's 4-byte length + its bytes)."""
+        if self.datatype == _BYTES:
+            return sum(
+                4 + len(item.encode("utf-8") if isinstance(item, str) else item)
+                for item in self.array.flat
+            )
+        return int(self.array.size) * dtype_of(self.datatype).itemsize
+
     def raw(self) -> bytes | memoryview:
         """The tensor's wire bytes (little-endian, row-major), without a needless copy."""
         if self.datatype == _BYTES:

@@ -17,7 +17,7 @@ class ClientStats:
 
     Attributes:
         requests: inference requests sent to Triton (each attempt counts).
-        items: images embedded successfully.
+        items: images and texts embedded successfully.
         retries: requests re-sent after a transient failure.
         failures: error class name -> count, per failed item (or failed call).
         bytes_fetched: image bytes downloaded from URLs.

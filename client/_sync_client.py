@@ -26,16 +26,24 @@ from tritonvision.errors import ClientClosed
 
 from ._async_client import AsyncVisionClient
 from ._config import ClientConfig, ConfigOverrides
-from ._model_info import ModelInfo
+from ._inputs import check_batch_sources
+from ._model_info import ModelInfo, TextModelInfo
 from ._results import BatchEmbedding
 from ._runtime import RuntimeFuture, SharedRuntime
 from ._sources import ImageSource
 from ._stats import ClientStats
+from ._texts import check_batch_texts
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["PendingBatchEmbedding", "PendingEmbedding", "PendingModelInfo", "VisionClient"]
+__all__ = [
+    "PendingBatchEmbedding",
+    "PendingEmbedding",
+    "PendingModelInfo",
+    "PendingTextModelInfo",
+    "VisionClient",
+]
 
 T = TypeVar("T")
 FutureT = TypeVar("FutureT", bound=RuntimeFuture[Any])
@@ -57,8 +65,12 @@ class PendingModelInfo(RuntimeFuture[ModelInfo]):
     """A ``concurrent.futures.Future`` of the model's :class:`ModelInfo`."""
 
 
+class PendingTextModelInfo(RuntimeFuture[TextModelInfo]):
+    """A ``concurrent.futures.Future`` of the text model's :class:`TextModelInfo`."""
+
+
 class VisionClient:
-    """Embed images with a Triton-served vision encoder, from any thread.
+    """Embed images (and texts, with the text tower) through Triton, from any thread.
 
     Same arguments as :class:`AsyncVisionClient`. Thread-safe; one background event-loop
     thread (started on first use) serves every call. Use as a context manager or call
@@ -73,6 +85,7 @@ class VisionClient:
         config: ClientConfig | None = None,
         preprocessing: PreprocessSpec | None = None,
         model_version: str = "",
+        text_model: str | None = None,
         **overrides: Unpack[ConfigOverrides],
     ) -> None:
         # Loop-bound resources are not made here: the async client builds them on the
@@ -83,6 +96,7 @@ class VisionClient:
             config=config,
             preprocessing=preprocessing,
             model_version=model_version,
+            text_model=text_model,
             **overrides,
         )
         self._runtime = SharedRuntime()
@@ -99,6 +113,11 @@ class VisionClient:
     def async_client(self) -> AsyncVisionClient:
         """The async client doing the work (bound to :attr:`runtime`'s loop)."""
         return self._client
+
+    @property
+    def text_model(self) -> str:
+        """The model texts are sent to (``<model>_texts`` unless given)."""
+        return self._client.text_model
 
     @property
     def runtime(self) -> SharedRuntime:
@@ -141,9 +160,30 @@ class VisionClient:
     def batch_embed_images(self, sources: Iterable[ImageSource]) -> PendingBatchEmbedding:
         """Embed many images of any mix of kinds (see :meth:`AsyncVisionClient.batch_embed_images`).
 
-        ``sources`` is iterated on the client's loop thread, lazily.
+        ``sources`` is iterated on the client's loop thread, lazily. A single source (a
+        ``str``, bytes, an image) passed as ``sources`` raises :class:`InvalidInput` here, at
+        the call.
         """
+        check_batch_sources(sources)
         return self._submit(self._client.batch_embed_images(sources), PendingBatchEmbedding())
+
+    def embed_text(self, text: str) -> PendingEmbedding:
+        """Embed one text (see :meth:`AsyncVisionClient.embed_text`; over-long texts are
+        truncated by the server's tokenizer exactly as the checkpoint's tokenizer does)."""
+        return self._submit(self._client.embed_text(text), PendingEmbedding())
+
+    def batch_embed_texts(self, texts: Iterable[str]) -> PendingBatchEmbedding:
+        """Embed many texts (see :meth:`AsyncVisionClient.batch_embed_texts`).
+
+        ``texts`` is iterated on the client's loop thread, lazily. A single ``str`` passed
+        as ``texts`` raises :class:`InvalidInput` here, at the call.
+        """
+        check_batch_texts(texts)
+        return self._submit(self._client.batch_embed_texts(texts), PendingBatchEmbedding())
+
+    def text_model_info(self) -> PendingTextModelInfo:
+        """The text model's config, embedding size and context length."""
+        return self._submit(self._client.text_model_info(), PendingTextModelInfo())
 
     def model_info(self) -> PendingModelInfo:
         """The model's config, preprocessing spec and embedding size."""

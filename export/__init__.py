@@ -8,7 +8,13 @@ preprocess=...)`` takes your own ``torch.nn.Module``. Either way it exports
 PyTorch with ONNX Runtime (a mismatch raises :class:`ExportValidationError`), and writes the
 encoder, preprocess and ensemble models of docs/DESIGN.md, using the names of
 :mod:`tritonvision.contract`. ``write_repository_configs`` writes the configs alone;
-``verify_server`` compares a live Triton with PyTorch. Errors derive from
+``verify_server`` compares a live Triton with PyTorch.
+
+With ``ExportOptions(text=True)`` (``export --text``) a full two-tower CLIP or SigLIP
+checkpoint's text tower is exported too, ``token tensors INT64 [N, L] -> embeddings fp32
+[N, D]`` in the image embeddings' space, validated the same way over real tokenised texts,
+with the tokenize model (the checkpoint's own tokenizer files) and the texts ensemble
+(:class:`TextExportResult`, :func:`load_text_encoder`, :data:`TEXT_TOWERS`). Errors derive from
 :class:`ExportError`, a branch of :class:`tritonvision.errors.TritonVisionError`.
 
 Importing this package is cheap: torch, onnx, onnxruntime and transformers are imported
@@ -17,7 +23,14 @@ inside the functions that need them.
 
 from __future__ import annotations
 
-from ._api import ExportResult, export_encoder, export_model, export_module
+from ._api import (
+    ExportResult,
+    TextExportResult,
+    export_encoder,
+    export_model,
+    export_module,
+    export_text_encoder,
+)
 from ._encoders import (
     BUILTIN_CLIP_CONFIG,
     BUILTIN_SOURCE,
@@ -52,12 +65,32 @@ from ._reports import Tolerance, ValidationReport, VerifyReport
 from ._repository import (
     PREPROCESS_MODEL_PY,
     RepositoryFiles,
+    TextRepositoryFiles,
     describe_model,
+    describe_text_model,
     repository_files,
     write_repository_configs,
+    write_text_configs,
 )
-from ._validate import validate_onnx
-from ._verify import DEFAULT_SERVER, sample_images, verify_model, verify_server
+from ._text import (
+    TEXT_TOWERS,
+    LoadedTextEncoder,
+    TextInfo,
+    TextTower,
+    describe_text_checkpoint,
+    load_text_encoder,
+)
+from ._validate import validate_onnx, validate_text_onnx
+from ._verify import (
+    DEFAULT_SERVER,
+    TextVerifyReport,
+    sample_images,
+    sample_texts,
+    verify_model,
+    verify_server,
+    verify_text_model,
+    verify_text_server,
+)
 
 __all__ = [
     "BUILTIN_CLIP_CONFIG",
@@ -72,6 +105,7 @@ __all__ = [
     "DEFAULT_VERSION",
     "ENCODER_FAMILIES",
     "PREPROCESS_MODEL_PY",
+    "TEXT_TOWERS",
     "CheckpointError",
     "EncoderFamily",
     "EncoderInfo",
@@ -80,8 +114,14 @@ __all__ = [
     "ExportResult",
     "ExportValidationError",
     "LoadedEncoder",
+    "LoadedTextEncoder",
     "OnnxExportError",
     "RepositoryFiles",
+    "TextExportResult",
+    "TextInfo",
+    "TextRepositoryFiles",
+    "TextTower",
+    "TextVerifyReport",
     "Tolerance",
     "ValidationReport",
     "VerificationError",
@@ -90,15 +130,24 @@ __all__ = [
     "builtin_encoder_info",
     "describe_checkpoint",
     "describe_model",
+    "describe_text_checkpoint",
+    "describe_text_model",
     "export_encoder",
     "export_model",
     "export_module",
+    "export_text_encoder",
     "load_encoder",
+    "load_text_encoder",
     "module_encoder",
     "repository_files",
     "sample_images",
+    "sample_texts",
     "validate_onnx",
+    "validate_text_onnx",
     "verify_model",
     "verify_server",
+    "verify_text_model",
+    "verify_text_server",
     "write_repository_configs",
+    "write_text_configs",
 ]

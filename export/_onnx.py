@@ -1,4 +1,7 @@
-"""PyTorch -> ONNX: torch's dynamo exporter, one self-contained file, dynamic batch axis."""
+"""PyTorch -> ONNX: torch's dynamo exporter, one self-contained file, dynamic batch axis.
+
+The image encoder (pixels in) and the text tower (token tensors in) go through one path.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tritonvision.contract import BATCH_AXIS, EMBEDDINGS_OUTPUT
+
 from ._errors import OnnxExportError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
     from torch import nn
 
     from ._encoders import EncoderFamily
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "export_text_onnx"]
 
 # Loggers the exporter is chatty on at WARNING for things that are not problems here
 # ("torchvision is not installed", "Skipping constant folding for op Split").
@@ -55,21 +63,77 @@ def export_onnx(
     (ViT-B/32 fp32, ~350 MB) is far below protobuf's 2 GB limit, and Triton's model directory
     then holds exactly ``model.onnx``.
     """
+    dummy = family.make_dummy_input(_DUMMY_BATCH, height, width, 0)
+    (batch_axis,) = family.dynamic_axes[family.input_name].values()
+    _export_graph(
+        module,
+        path,
+        inputs={family.input_name: dummy},
+        batch_axis=batch_axis,
+        output_name=family.output_name,
+        opset=family.opset,
+        metadata=metadata,
+        what=f"the {family.name} encoder",
+    )
+
+
+def export_text_onnx(
+    module: nn.Module,
+    path: Path,
+    *,
+    family: EncoderFamily,
+    tokens: Mapping[str, npt.NDArray[np.int64]],
+    metadata: Mapping[str, str],
+) -> None:
+    """Export a text tower (token tensors -> embeddings) to ``path``; check it like the encoder.
+
+    ``tokens`` are real tokenised texts, INT64 ``[B, L]`` per token input in the order the
+    module's ``forward`` takes them; the graph takes those names, only axis 0 dynamic (named
+    ``BATCH_AXIS``), ``L`` fixed. Only the first :data:`_DUMMY_BATCH` rows are used.
+    """
+    import torch
+
+    inputs = {name: torch.from_numpy(ids[:_DUMMY_BATCH].copy()) for name, ids in tokens.items()}
+    if any(t.shape[0] != _DUMMY_BATCH for t in inputs.values()):
+        raise ValueError(f"need {_DUMMY_BATCH} tokenised texts to export the text tower")
+    _export_graph(
+        module,
+        path,
+        inputs=inputs,
+        batch_axis=BATCH_AXIS,
+        output_name=EMBEDDINGS_OUTPUT,
+        opset=family.opset,
+        metadata=metadata,
+        what=f"the {family.name} text tower",
+    )
+
+
+def _export_graph(
+    module: nn.Module,
+    path: Path,
+    *,
+    inputs: Mapping[str, torch.Tensor],
+    batch_axis: str,
+    output_name: str,
+    opset: int,
+    metadata: Mapping[str, str],
+    what: str,
+) -> None:
     import onnx
     import torch
 
-    dummy = family.make_dummy_input(_DUMMY_BATCH, height, width, 0)
-    (batch_axis,) = family.dynamic_axes[family.input_name].values()
-    dynamic_shapes = {family.input_name: {0: torch.export.Dim(batch_axis, min=1)}}
+    # One Dim object for every input: the inputs share the batch axis.
+    batch = torch.export.Dim(batch_axis, min=1)
+    dynamic_shapes = {name: {0: batch} for name in inputs}
     try:
         with _quiet_exporter_logs():
             program = torch.onnx.export(
                 module,
-                (dummy,),
+                tuple(inputs.values()),
                 dynamo=True,
-                opset_version=family.opset,
-                input_names=[family.input_name],
-                output_names=[family.output_name],
+                opset_version=opset,
+                input_names=list(inputs),
+                output_names=[output_name],
                 dynamic_shapes=dynamic_shapes,
                 external_data=False,
                 optimize=True,
@@ -83,6 +147,5 @@ def export_onnx(
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # the exporter raises many kinds; each means "no ONNX model"
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        problem = f"ONNX export of the {family.name} encoder failed: {type(exc).__name__}: "
-        problem += first_line
+        problem = f"ONNX export of {what} failed: {type(exc).__name__}: {first_line}"
         raise OnnxExportError(problem, problems=[problem]) from exc

@@ -11,6 +11,9 @@ from tritonvision.contract import (
     DEFAULT_MODEL,
     ensemble_name,
     preprocess_name,
+    text_name,
+    texts_name,
+    tokenize_name,
 )
 
 __all__ = [
@@ -49,6 +52,10 @@ class ExportOptions:
     ``response_cache`` writes ``response_cache { enable: true }`` on the encoder and the
     ensemble (not on the python-backend preprocess model: an ensemble hit skips it, a miss
     re-decodes); Triton uses it only when started with a cache (``serve --cache-size``).
+    ``text`` also exports the checkpoint's text tower (a full two-tower CLIP or SigLIP
+    checkpoint with its tokenizer files): ``NAME_text``, ``NAME_tokenize`` and ``NAME_texts``
+    (docs/DESIGN.md, "Text models"); the batching, instance, fp16, normalisation and cache
+    settings apply to them as to the image models.
     """
 
     checkpoint: Path | None = None
@@ -68,6 +75,7 @@ class ExportOptions:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     response_cache: bool = False
     validation_batch_sizes: tuple[int, ...] = field(default=DEFAULT_VALIDATION_BATCH_SIZES)
+    text: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint is not None and not isinstance(self.checkpoint, Path):
@@ -89,6 +97,12 @@ class ExportOptions:
             raise ValueError(
                 f"pooling={self.pooling!r} needs a checkpoint; the built-in default has one "
                 "embedding"
+            )
+        if self.text and self.checkpoint is None:
+            raise ValueError(
+                "text=True needs a checkpoint (a full CLIP or SigLIP model with its tokenizer "
+                "files); the built-in default is image-only: it has no trained text tower or "
+                "tokenizer"
             )
         if self.max_queue_delay_us < 0:
             raise ValueError(f"max_queue_delay_us={self.max_queue_delay_us!r} must be >= 0")
@@ -115,3 +129,15 @@ class ExportOptions:
     @property
     def ensemble_name(self) -> str:
         return ensemble_name(self.name)
+
+    @property
+    def text_name(self) -> str:
+        return text_name(self.name)
+
+    @property
+    def tokenize_name(self) -> str:
+        return tokenize_name(self.name)
+
+    @property
+    def texts_name(self) -> str:
+        return texts_name(self.name)

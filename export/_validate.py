@@ -1,5 +1,7 @@
 """Check an exported ONNX model against the PyTorch module it came from.
 
+The image encoder (:func:`validate_onnx`, seeded pixels) and the text tower
+(:func:`validate_text_onnx`, real tokenised texts) go through the same checks.
 Structure first (self-contained file, opset, input/output names, types, named dynamic batch axis,
 fixed dims), then values with ONNX Runtime at each batch size: shape, finiteness, max abs diff and
 min cosine within the family's tolerance, unit norm when normalised. Any failure raises
@@ -8,9 +10,11 @@ min cosine within the family's tolerance, unit norm when normalised. Any failure
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tritonvision.contract import BATCH_AXIS, EMBEDDINGS_OUTPUT
 
 from ._errors import ExportValidationError
 from ._reports import Tolerance, ValidationReport
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
     from ._encoders import EncoderFamily
 
-__all__ = ["compare_embeddings", "row_cosines", "validate_onnx"]
+__all__ = ["compare_embeddings", "row_cosines", "validate_onnx", "validate_text_onnx"]
 
 _UNIT_NORM_ATOL = 1e-4
 
@@ -67,9 +71,20 @@ def _dims(value_info: Any) -> list[int | str]:
     ]
 
 
-def _structure_problems(
-    path: Path, *, family: EncoderFamily, height: int, width: int, embedding_dim: int
+# (name, ONNX element type, dims after the batch axis)
+_Tensor = tuple[str, int, Sequence[int]]
+
+
+def _graph_problems(
+    path: Path,
+    *,
+    opset: int,
+    inputs: Sequence[_Tensor],
+    outputs: Sequence[_Tensor],
+    batch_axis: str = BATCH_AXIS,
 ) -> list[str]:
+    """Self-contained file, pinned opset, exact input/output names, types and dims (axis 0
+    the named dynamic batch axis, the rest fixed)."""
     import onnx
     from onnx import external_data_helper
 
@@ -81,32 +96,105 @@ def _structure_problems(
     if external:
         problems.append(f"weights stored outside model.onnx: {', '.join(external[:3])}")
     opsets = {o.domain: o.version for o in model.opset_import}
-    if opsets.get("", opsets.get("ai.onnx")) != family.opset:
-        problems.append(f"opset {opsets} does not pin ai.onnx {family.opset}")
+    if opsets.get("", opsets.get("ai.onnx")) != opset:
+        problems.append(f"opset {opsets} does not pin ai.onnx {opset}")
 
-    inputs, outputs = list(model.graph.input), list(model.graph.output)
-    if [i.name for i in inputs] != [family.input_name]:
-        problems.append(f"inputs {[i.name for i in inputs]} != [{family.input_name!r}]")
-    if [o.name for o in outputs] != [family.output_name]:
-        problems.append(f"outputs {[o.name for o in outputs]} != [{family.output_name!r}]")
+    got_inputs, got_outputs = list(model.graph.input), list(model.graph.output)
+    for kind, got, want in (("inputs", got_inputs, inputs), ("outputs", got_outputs, outputs)):
+        if [v.name for v in got] != [name for name, _, _ in want]:
+            problems.append(f"{kind} {[v.name for v in got]} != {[name for name, _, _ in want]}")
     if problems:
         return problems
 
-    expected = {
-        family.input_name: (inputs[0], onnx.TensorProto.UINT8, [height, width, 3]),
-        family.output_name: (outputs[0], onnx.TensorProto.FLOAT, [embedding_dim]),
-    }
-    for name, (value_info, elem_type, fixed_dims) in expected.items():
+    for value_info, (name, elem_type, fixed_dims) in zip(
+        [*got_inputs, *got_outputs], [*inputs, *outputs], strict=True
+    ):
         got_type = value_info.type.tensor_type.elem_type
         if got_type != elem_type:
             problems.append(
                 f"{name}: type {onnx.TensorProto.DataType.Name(got_type)} != "
                 f"{onnx.TensorProto.DataType.Name(elem_type)}"
             )
-        want = [family.dynamic_axes[name][0], *fixed_dims]
-        if _dims(value_info) != want:
-            problems.append(f"{name}: dims {_dims(value_info)} != {want}")
+        want_dims = [batch_axis, *fixed_dims]
+        if _dims(value_info) != want_dims:
+            problems.append(f"{name}: dims {_dims(value_info)} != {want_dims}")
     return problems
+
+
+def _raise_on_structure(path: Path, problems: list[str]) -> None:
+    """A graph that is not the contract fails before any value is compared."""
+    if problems:
+        raise ExportValidationError(
+            f"{path.name} failed validation: " + "; ".join(problems), problems=problems
+        )
+
+
+def _output_problem(batch: int, got: npt.NDArray[Any], embedding_dim: int) -> str | None:
+    """What is wrong with one run's output, when it is not fp32 [batch, D]."""
+    import numpy as np
+
+    if got.shape != (batch, embedding_dim) or got.dtype != np.float32:
+        return (
+            f"batch {batch}: output {got.dtype}{list(got.shape)} != float32{[batch, embedding_dim]}"
+        )
+    return None
+
+
+def _compare_batch(
+    batch: int,
+    got: npt.NDArray[Any],
+    expected: npt.NDArray[Any],
+    *,
+    tolerance: Tolerance,
+    normalized: bool,
+    problems: list[str],
+) -> ValidationReport:
+    """The report of one batch size (``got``: fp32 [N, D]); its misses appended to ``problems``."""
+    import numpy as np
+
+    max_abs, min_cos, passed = compare_embeddings(got, expected, tolerance)
+    report = ValidationReport(
+        batch_size=batch,
+        output_shape=(batch, got.shape[1]),
+        max_abs_diff=max_abs,
+        min_cosine=min_cos,
+        tolerance=tolerance,
+        passed=passed,
+    )
+    if not passed:
+        problems.append(report.describe())
+    if normalized:
+        norm_err = float(np.abs(np.linalg.norm(got.astype(np.float64), axis=-1) - 1.0).max())
+        if not norm_err <= _UNIT_NORM_ATOL:
+            problems.append(f"batch {batch}: embeddings not unit length (|norm-1| {norm_err:.3g})")
+    return report
+
+
+def _validated(
+    what: str, problems: list[str], reports: list[ValidationReport]
+) -> tuple[ValidationReport, ...]:
+    """The reports, or every problem at once in one :class:`ExportValidationError`."""
+    if problems:
+        raise ExportValidationError(
+            f"{what} does not match PyTorch: " + "; ".join(problems),
+            problems=problems,
+            reports=reports,
+        )
+    return tuple(reports)
+
+
+def _structure_problems(
+    path: Path, *, family: EncoderFamily, height: int, width: int, embedding_dim: int
+) -> list[str]:
+    import onnx
+
+    return _graph_problems(
+        path,
+        opset=family.opset,
+        inputs=[(family.input_name, onnx.TensorProto.UINT8, [height, width, 3])],
+        outputs=[(family.output_name, onnx.TensorProto.FLOAT, [embedding_dim])],
+        batch_axis=family.dynamic_axes[family.input_name][0],
+    )
 
 
 def validate_onnx(
@@ -122,17 +210,13 @@ def validate_onnx(
     batch_sizes: Sequence[int] = (1, 3),
 ) -> tuple[ValidationReport, ...]:
     """Validate ``path`` against ``reference``; raise :class:`ExportValidationError` on any miss."""
-    import numpy as np
     import onnxruntime as ort
     import torch
 
     problems = _structure_problems(
         path, family=family, height=height, width=width, embedding_dim=embedding_dim
     )
-    if problems:
-        raise ExportValidationError(
-            f"{path.name} failed validation: " + "; ".join(problems), problems=problems
-        )
+    _raise_on_structure(path, problems)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     reports: list[ValidationReport] = []
@@ -141,34 +225,80 @@ def validate_onnx(
         with torch.no_grad():
             expected: npt.NDArray[np.float32] = reference(pixels).numpy()
         (got,) = session.run([family.output_name], {family.input_name: pixels.numpy()})
-        if got.shape != (batch, embedding_dim) or got.dtype != np.float32:
-            problems.append(
-                f"batch {batch}: output {got.dtype}{list(got.shape)} != "
-                f"float32{[batch, embedding_dim]}"
-            )
+        wrong = _output_problem(batch, got, embedding_dim)
+        if wrong is not None:
+            problems.append(wrong)
             continue
-        max_abs, min_cos, passed = compare_embeddings(got, expected, tolerance)
-        report = ValidationReport(
-            batch_size=batch,
-            output_shape=tuple(got.shape),
-            max_abs_diff=max_abs,
-            min_cosine=min_cos,
-            tolerance=tolerance,
-            passed=passed,
+        reports.append(
+            _compare_batch(
+                batch, got, expected, tolerance=tolerance, normalized=normalized, problems=problems
+            )
         )
-        reports.append(report)
-        if not passed:
-            problems.append(report.describe())
-        if normalized:
-            norm_err = float(np.abs(np.linalg.norm(got.astype(np.float64), axis=-1) - 1.0).max())
-            if not norm_err <= _UNIT_NORM_ATOL:
-                problems.append(
-                    f"batch {batch}: embeddings not unit length (|norm-1| {norm_err:.3g})"
-                )
-    if problems:
-        raise ExportValidationError(
-            f"{path.name} does not match PyTorch: " + "; ".join(problems),
-            problems=problems,
-            reports=reports,
+    return _validated(path.name, problems, reports)
+
+
+def validate_text_onnx(
+    path: Path,
+    reference: nn.Module,
+    *,
+    family: EncoderFamily,
+    tokens: Mapping[str, npt.NDArray[np.int64]],
+    context_length: int,
+    embedding_dim: int,
+    normalized: bool,
+    tolerance: Tolerance,
+    batch_sizes: Sequence[int] = (1, 3),
+) -> tuple[ValidationReport, ...]:
+    """Validate a text tower at ``path`` against ``reference``; raise
+    :class:`ExportValidationError` on any miss.
+
+    ``tokens``: tokenised texts, INT64 ``[T, L]`` per token input in the graph's order. At each
+    batch size every text is run, in consecutive batches of that size (the last one wrapping
+    round to the first texts), and the report gives the worst figures over all of them.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    names = list(tokens)
+    fixed = [context_length]
+    problems = _graph_problems(
+        path,
+        opset=family.opset,
+        inputs=[(name, onnx.TensorProto.INT64, fixed) for name in names],
+        outputs=[(EMBEDDINGS_OUTPUT, onnx.TensorProto.FLOAT, [embedding_dim])],
+    )
+    _raise_on_structure(path, problems)
+
+    count = len(tokens[names[0]])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reports: list[ValidationReport] = []
+    for batch in batch_sizes:
+        got_rows: list[npt.NDArray[np.float32]] = []
+        expected_rows: list[npt.NDArray[np.float32]] = []
+        for start in range(0, count, batch):
+            rows = [(start + i) % count for i in range(batch)]
+            feed = {name: np.ascontiguousarray(tokens[name][rows]) for name in names}
+            with torch.no_grad():
+                expected = reference(*(torch.from_numpy(feed[name]) for name in names)).numpy()
+            (got,) = session.run([EMBEDDINGS_OUTPUT], feed)
+            wrong = _output_problem(batch, got, embedding_dim)
+            if wrong is not None:
+                problems.append(wrong)
+                break
+            got_rows.append(got)
+            expected_rows.append(expected)
+        if len(got_rows) * batch < count:
+            continue
+        reports.append(
+            _compare_batch(
+                batch,
+                np.concatenate(got_rows),
+                np.concatenate(expected_rows),
+                tolerance=tolerance,
+                normalized=normalized,
+                problems=problems,
+            )
         )
-    return tuple(reports)
+    return _validated(f"{path.name} (text tower)", problems, reports)

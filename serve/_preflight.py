@@ -38,7 +38,7 @@ from tritonvision.client._protocol import (
     parse_infer_response,
     parse_model_config,
 )
-from tritonvision.contract import IMAGES_INPUT
+from tritonvision.contract import IMAGES_INPUT, TEXTS_INPUT
 from tritonvision.errors import TritonVisionError
 
 from ._errors import ServeError
@@ -153,9 +153,12 @@ def _sample_input(
         return None
     shape = (1, *dims) if config.max_batch_size > 0 else tuple(dims)
     if datatype == _BYTES:
-        if name != IMAGES_INPUT:
+        if name == IMAGES_INPUT:
+            array: npt.NDArray[Any] = np.full(shape, _tiny_png(), dtype=np.object_)
+        elif name == TEXTS_INPUT:  # NAME_tokenize / NAME_texts (export --text)
+            array = np.full(shape, b"a warm-up sentence", dtype=np.object_)
+        else:
             return None
-        array: npt.NDArray[Any] = np.full(shape, _tiny_png(), dtype=np.object_)
         return InputTensor(name, array, _BYTES)
     try:
         array = np.zeros(shape, dtype=dtype_of(datatype))
@@ -188,8 +191,8 @@ def warm_up(
     """One inference per model; raise :class:`ServeError` naming the first that answers wrongly.
 
     Returns the models that were warmed up; a model whose inputs cannot be made up (BYTES
-    other than ``images``, variable dims) is skipped with a log line. ``headers`` go with
-    every request (the key of ``--http-restricted-api``).
+    other than ``images`` and ``texts``, variable dims) is skipped with a log line.
+    ``headers`` go with every request (the key of ``--http-restricted-api``).
     """
     extra = dict(headers or {})
     warmed: list[str] = []

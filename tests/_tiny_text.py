@@ -15,12 +15,17 @@ The weights come from fixed seeds: the same checkpoints in every session.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import transformers
 from torch import nn
+
+from tritonvision.contract import TOKEN_INPUTS
 
 TINY_CLIP_TEXT = "tiny_clip_text"
 TINY_SIGLIP_TEXT = "tiny_siglip_text"
@@ -89,6 +94,17 @@ def make_clip_text(path: Path) -> Path:
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def make_clip_vision_only(path: Path) -> Path:
+    """A vision-only CLIP checkpoint (``CLIPVisionModelWithProjection``: no text tower) with
+    the CLIP tokenizer beside it."""
+    config = transformers.CLIPVisionConfig(
+        **_tower(image_size=32, patch_size=8, projection_dim=PROJECTION_DIM)
+    )
+    _seeded(lambda: transformers.CLIPVisionModelWithProjection(config)).save_pretrained(path)
+    clip_tokenizer().save_pretrained(path)
     return path
 
 
@@ -162,3 +178,37 @@ def reference_text_embeddings(checkpoint: Path, texts: list[str]) -> torch.Tenso
         out = model.get_text_features(**batch)
     features = out if isinstance(out, torch.Tensor) else out.pooler_output
     return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def tokenized_as_served(
+    tokenizer: Any, texts: Sequence[str], context_length: int
+) -> dict[str, npt.NDArray[np.int64]]:
+    """``texts`` as the tokenize model must make them: the tokenizer's own ids, padded and
+    truncated to ``context_length``, INT64, for each token tensor it gives."""
+    encoded = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=context_length
+    )
+    return {
+        name: np.asarray(encoded[name], dtype=np.int64) for name in TOKEN_INPUTS if name in encoded
+    }
+
+
+def assert_tokenized_as(
+    got: Mapping[str, npt.NDArray[Any]], tokenizer: Any, texts: Sequence[str], context_length: int
+) -> None:
+    """``got`` (token tensor name -> [N, L]) is exactly ``tokenizer``'s own tokenisation."""
+    want = tokenized_as_served(tokenizer, texts, context_length)
+    assert set(got) == set(want)
+    for name, ids in want.items():
+        assert got[name].dtype == np.int64, name
+        assert got[name].shape == (len(texts), context_length), name
+        np.testing.assert_array_equal(got[name], ids)
+
+
+def cosines_of(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """The cosine of each row pair of two [N, D] arrays, in float64."""
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cosines: npt.NDArray[np.float64] = np.sum(a64 * b64, -1) / (
+        np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
+    )
+    return cosines

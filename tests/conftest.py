@@ -1,7 +1,9 @@
 """Session fixtures: a tiny exported encoder served by the real ``tritonserver``, started once.
 
 Everything end-to-end in this suite talks to this one real Triton (no fakes): the tiny
-CLIP export keeps it fast on a 2-core CI machine.
+CLIP export keeps it fast on a 2-core CI machine. The repository also holds the text towers
+of two tiny two-tower checkpoints (``tests/_tiny_text.py``: CLIP and SigLIP, exported with
+``text=True``), served as ``<name>_text``, ``<name>_tokenize`` and ``<name>_texts``.
 """
 
 from __future__ import annotations
@@ -46,12 +48,25 @@ def tiny_clip_config() -> object:
 
 
 @pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def text_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny two-tower checkpoints with their tokenizers, by model name
+    (``TINY_CLIP_TEXT``, ``TINY_SIGLIP_TEXT``): made once per session, nothing downloaded."""
+    from _tiny_text import TEXT_CHECKPOINTS
+
+    root = tmp_path_factory.mktemp("text-checkpoints")
+    return {name: maker(root / name) for name, (_, maker, _) in TEXT_CHECKPOINTS.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(
+    tmp_path_factory: pytest.TempPathFactory, text_checkpoints: dict[str, Path]
+) -> Path:
     """A model repository holding the tiny CLIP encoder, its preprocess model and ensemble,
-    and beside it one tiny encoder of each other family (``tests/_tiny_families.py``)."""
+    beside it one tiny encoder of each other family (``tests/_tiny_families.py``), and the
+    tiny CLIP and SigLIP two-tower checkpoints exported with their text towers."""
     from _tiny_families import export_tiny_families
 
-    from tritonvision.export import ExportOptions, builtin_encoder, export_encoder
+    from tritonvision.export import ExportOptions, builtin_encoder, export_encoder, export_model
 
     repo = tmp_path_factory.mktemp("repo")
     export_encoder(
@@ -59,6 +74,19 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ExportOptions(repository=repo, name=TINY_MODEL, max_batch_size=16, max_queue_delay_us=5000),
     )
     export_tiny_families(repo, tmp_path_factory.mktemp("family-checkpoints"))
+    # Small batches, one preprocess/tokenize instance: the one session Triton stays light.
+    for name, checkpoint in text_checkpoints.items():
+        export_model(
+            ExportOptions(
+                checkpoint=checkpoint,
+                repository=repo,
+                name=name,
+                text=True,
+                max_batch_size=8,
+                preprocess_instances=1,
+                max_queue_delay_us=1000,
+            )
+        )
     return repo
 
 

@@ -7,7 +7,8 @@ to one kind of failure. Where a built-in fits, the subclass inherits it too
 
     TritonVisionError
     ├── InvalidInput (ValueError)            an argument or source the client cannot use
-    │   └── ImageTooLarge                    base64 / byte size over the configured limit
+    │   ├── ImageTooLarge                    base64 / byte size over the configured limit
+    │   └── IndexFileError, DimensionMismatch  ``tritonvision.search``: unusable index / query
     ├── FetchError                           fetching an image URL failed
     │   ├── FetchStatusError                 the server answered 4xx/5xx (``status``)
     │   ├── FetchTimeout (TimeoutError)      connect/read deadline passed

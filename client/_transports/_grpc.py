@@ -127,7 +127,7 @@ class GrpcTransport(Transport):
             grpc_input = InferInput(tensor.name, list(tensor.shape), tensor.datatype)
             grpc_input.set_data_from_numpy(tensor.array)
             grpc_inputs.append(grpc_input)
-            sent += int(tensor.array.nbytes)
+            sent += tensor.nbytes
         with grpc_errors(model=model):
             result = await client.infer(
                 model,

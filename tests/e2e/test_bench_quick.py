@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 # Rows each scenario emits in quick mode: a scenario that silently drops a comparison fails.
-QUICK_ROWS = {1: 7, 2: 5, 3: 5, 4: 4, 5: 6, 6: 2, 7: 1, 8: 2, 9: 2}
+QUICK_ROWS = {1: 7, 2: 5, 3: 5, 4: 4, 5: 6, 6: 2, 7: 1, 8: 2, 9: 2, 10: 2}
 PERF_ANALYZER_SCENARIO = 2
 PERF_ANALYZER_CASE = "perf_analyzer"  # in the case of every row that needs it
 

@@ -4,7 +4,8 @@ This project exists because a service built a new event loop, thread and
 ``aiohttp.ClientSession`` for every ``embed_image*`` call and every batch. Here 200
 calls of every kind, from 8 threads, go through one ``VisionClient`` while the
 constructors of event loops, sessions and gRPC channels are counted (wrapped through
-their public classes; nothing private is patched).
+their public classes; nothing private is patched). Every kind includes the text calls
+(``embed_text``, ``batch_embed_texts``), sent to the session's tiny text ensemble.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ import grpc.aio
 import numpy as np
 import pytest
 from _local_servers import ImageSite, encode, make_image
+from _tiny_text import NON_ASCII_TEXTS, SHORT_TEXTS, TINY_CLIP_TEXT
 from PIL import Image
 
 from tritonvision.client import AsyncVisionClient, VisionClient
+from tritonvision.contract import texts_name
 
 pytestmark = pytest.mark.e2e
 
 CALLS_PER_KIND = 200
 THREADS = 8
+TEXT_MODEL = texts_name(TINY_CLIP_TEXT)  # its embeddings are 16-dim, like the image model's
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,8 @@ def every_kind(tmp_path: Path, images: dict[str, bytes], site: ImageSite) -> dic
         "embed_image_bytes": images["img3.png"],
         "embed (PIL image)": Image.open(io.BytesIO(images["img0.png"])).convert("RGB"),
         "batch_embed_images": [path, site.url("img2.png"), b64, images["img3.png"]],
+        "embed_text": SHORT_TEXTS[0],
+        "batch_embed_texts": [*SHORT_TEXTS, *NON_ASCII_TEXTS],
     }
 
 
@@ -109,7 +115,7 @@ def test_every_call_of_every_kind_from_many_threads_shares_one_loop_thread_and_s
     url = triton.http_url if transport == "http" else triton.grpc_url
     kinds = every_kind(tmp_path, images, site)
     threads_before = len(loop_threads())
-    client = VisionClient(url, triton.model, allow_private_addresses=True)
+    client = VisionClient(url, triton.model, text_model=TEXT_MODEL, allow_private_addresses=True)
     try:
         first = client.embed_image_bytes(images["img3.png"]).result(60)
         session = client.async_client.session
@@ -127,8 +133,9 @@ def test_every_call_of_every_kind_from_many_threads_shares_one_loop_thread_and_s
 
         # Every call succeeded, and all went through the same loop, thread and session.
         for kind, result in results:
-            if kind == "batch_embed_images":
+            if kind.startswith("batch_"):
                 assert result.ok, result.errors
+                assert result.embeddings.shape == (len(kinds[kind]), triton.embedding_dim)
             else:
                 assert result.shape == (triton.embedding_dim,)
         bytes_rows = [r for k, r in results if k == "embed_image_bytes"]
@@ -138,8 +145,11 @@ def test_every_call_of_every_kind_from_many_threads_shares_one_loop_thread_and_s
         assert len(loop_threads()) == threads_before + 1
         assert client.runtime.thread in loop_threads()
         assert len(decode_threads()) <= client.async_client.config.decode_workers
+        text_rows = [r for k, r in results if k == "embed_text"]
+        np.testing.assert_allclose(text_rows[-1], text_rows[0], rtol=1e-5, atol=1e-6)
         stats = client.stats()
-        assert stats.items == 1 + CALLS_PER_KIND * (len(kinds) - 1 + 4)
+        per_round = sum(len(v) if k.startswith("batch_") else 1 for k, v in kinds.items())
+        assert stats.items == 1 + CALLS_PER_KIND * per_round
         assert stats.failed == 0
     finally:
         client.close()
@@ -164,7 +174,9 @@ async def test_async_client_reuses_its_session_and_the_callers_loop(
     kinds = every_kind(tmp_path, images, site)
     threads_before = len(loop_threads())
     loops_before = counted["loops"]
-    async with AsyncVisionClient(url, triton.model, allow_private_addresses=True) as client:
+    async with AsyncVisionClient(
+        url, triton.model, text_model=TEXT_MODEL, allow_private_addresses=True
+    ) as client:
         session = client.session
         for _ in range(4):  # rounds of concurrent calls of every kind
             calls = [

@@ -281,3 +281,18 @@ async def test_every_kind_gives_the_same_pixels(tmp_path: Path, image_server: st
         for source in sources:
             raw = await load(source, session=session)
             np.testing.assert_array_equal(prepare_pixels(raw, SPEC, source=source), expected)
+
+
+@pytest.mark.parametrize(
+    "sources", ["cat.jpg", b"\xff\xd8", Path("cat.jpg"), Image.new("RGB", (2, 2))]
+)
+def test_the_sync_client_refuses_a_single_source_batch_at_the_call(sources: object) -> None:
+    from tritonvision.client import VisionClient
+
+    client = VisionClient("http://127.0.0.1:9", "enc")
+    try:
+        with pytest.raises(InvalidInput, match="not a single source"):
+            client.batch_embed_images(sources)  # type: ignore[arg-type]
+        assert client.runtime.thread is None  # refused before any work was started
+    finally:
+        client.close()

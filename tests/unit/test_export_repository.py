@@ -20,6 +20,7 @@ from tritonvision.contract import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MODEL,
     EMBEDDINGS_OUTPUT,
+    PARAM_CONTEXT_LENGTH,
     PARAM_EMBEDDING_DIM,
     PARAM_FAMILY,
     PARAM_MAX_IMAGE_PIXELS,
@@ -125,7 +126,8 @@ def test_encoder_config_parses_back_with_every_setting(default_repo: Path) -> No
 
 def test_published_parameters_follow_design(default_repo: Path) -> None:
     params = _params(_parse(default_repo / "vision_encoder" / "config.pbtxt"))
-    assert sorted(params) == sorted(PUBLISHED_PARAMETERS)
+    # The image models carry every published key but the text models' context length.
+    assert sorted(params) == sorted(set(PUBLISHED_PARAMETERS) - {PARAM_CONTEXT_LENGTH})
     spec_json = params.pop(PARAM_PREPROCESSING)
     assert json.loads(spec_json) == DESIGN_CLIP_SPEC
     assert spec_json == json.dumps(DESIGN_CLIP_SPEC, sort_keys=True)
@@ -366,7 +368,8 @@ def test_committed_repository_describes_the_builtin_encoder() -> None:
     published = encoder.info(normalize=True, fp16=False).parameters()
     for config in (encoder_cfg, preprocess_cfg, ensemble_cfg):
         params = _params(config)
-        assert {k: params[k] for k in PUBLISHED_PARAMETERS} == published
+        assert {k: params[k] for k in PUBLISHED_PARAMETERS if k in published} == published
+        assert PARAM_CONTEXT_LENGTH not in params
         assert PreprocessSpec.from_json(params[PARAM_PREPROCESSING]) == encoder.preprocessing
     assert _params(preprocess_cfg)[PARAM_MAX_IMAGE_PIXELS] == str(DEFAULT_MAX_IMAGE_PIXELS)
     assert encoder.source == BUILTIN_SOURCE and not encoder.trained

@@ -19,7 +19,16 @@ from ._common import EXIT_INTERRUPTED
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # In the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("export", "verify", "serve", "embed", "demo", "bench", "deploy")
+COMMANDS: tuple[str, ...] = (
+    "export",
+    "verify",
+    "serve",
+    "embed",
+    "search",
+    "demo",
+    "bench",
+    "deploy",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="tritonvision",
-        description="Export vision encoders to Triton, serve them locally, embed images.",
+        description="Export vision encoders to Triton, serve them, embed and search images.",
     )
     parser.add_argument("--version", action="version", version=f"tritonvision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

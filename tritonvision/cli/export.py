@@ -21,8 +21,10 @@ from tritonvision.export import (
     DEFAULT_REPOSITORY,
     DEFAULT_VERSION,
     ENCODER_FAMILIES,
+    TEXT_TOWERS,
     EncoderInfo,
     ExportOptions,
+    TextInfo,
 )
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers, positive_int
@@ -30,7 +32,13 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, SubParsers, positive_int
 if TYPE_CHECKING:
     from tritonvision.export import ExportResult
 
-__all__ = ["UNTRAINED_WARNING", "describe_model_info", "format_summary", "register"]
+__all__ = [
+    "UNTRAINED_WARNING",
+    "describe_model_info",
+    "describe_text_info",
+    "format_summary",
+    "register",
+]
 
 UNTRAINED_WARNING = (
     "WARNING: UNTRAINED: the built-in default has seeded random weights; its embeddings "
@@ -47,7 +55,9 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         description=(
             "Export a vision encoder (a local transformers checkpoint, or the built-in UNTRAINED "
             "CLIP ViT-B/32) to ONNX, validate it against PyTorch with ONNX Runtime, and write "
-            "NAME, NAME_preprocess and NAME_images into a Triton model repository."
+            "NAME, NAME_preprocess and NAME_images into a Triton model repository. With --text "
+            "(a full CLIP or SigLIP checkpoint with its tokenizer files) also the text tower: "
+            "NAME_text, NAME_tokenize and NAME_texts."
         ),
     )
     parser.add_argument(
@@ -127,15 +137,26 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--response-cache",
         action="store_true",
-        help="enable Triton's response cache on NAME and NAME_images: a repeated image is "
-        "answered from the cache, not computed again (needs a server cache: "
+        help="enable Triton's response cache on NAME and NAME_images (with --text also "
+        "NAME_text and NAME_texts): a repeated image or text is answered from the cache, not "
+        "computed again (needs a server cache: "
         "`tritonvision serve --cache-size BYTES`, or tritonserver --cache-config)",
+    )
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="also export the checkpoint's text tower, validated against PyTorch like the "
+        "encoder: NAME_text (token ids -> embeddings [D], same space as NAME), NAME_tokenize "
+        "(strings -> token ids, with the checkpoint's own tokenizer files copied beside it) and "
+        "NAME_texts (strings -> embeddings). Needs --checkpoint: a full two-tower "
+        f"{' or '.join(t.model_class for t in TEXT_TOWERS.values())} checkpoint with its "
+        "tokenizer; texts are padded/truncated to its context length (CLIP 77, SigLIP 64)",
     )
     parser.add_argument(
         "--configs-only",
         action="store_true",
         help="write the configs and the preprocess shim only, no model.onnx (no torch needed "
-        "for the built-in default)",
+        "for the built-in default; with --text also the tokenize shim and tokenizer files)",
     )
     parser.set_defaults(func=run_export)
     return parser
@@ -159,6 +180,7 @@ def _options_from(args: argparse.Namespace) -> ExportOptions:
         tensorrt=args.tensorrt,
         max_image_pixels=args.max_image_pixels,
         response_cache=args.response_cache,
+        text=args.text,
     )
 
 
@@ -173,6 +195,16 @@ def describe_model_info(info: EncoderInfo) -> list[str]:
     if not info.trained:
         lines.append(UNTRAINED_WARNING)
     return lines
+
+
+def describe_text_info(info: TextInfo) -> list[str]:
+    """Lines describing an exported text tower."""
+    return [
+        f"text tower: {info.family}, embeddings [{info.embedding_dim}] fp32 "
+        f"({'L2-normalised' if info.normalized else 'raw, not normalised'}), "
+        f"weights {info.precision}, input {' + '.join(info.token_inputs)} int64 "
+        f"[{info.context_length}] (context length)",
+    ]
 
 
 def _mib(n: int) -> str:
@@ -190,7 +222,20 @@ def format_summary(result: ExportResult) -> str:
     )
     lines.append(f"model.onnx: {_mib(result.model_bytes)}")
     lines.append("files:")
-    lines += [f"  {path}" for path in (result.files.model, *result.files.configs)]
+    lines += [f"  {path}" for path in (result.files.model, *result.files.image_configs)]
+    text = result.text
+    if text is not None:
+        lines += describe_text_info(text.info)
+        lines.append("text tower validation, ONNX Runtime vs PyTorch (texts of several lengths):")
+        lines += [f"  {report.describe()}" for report in text.validation]
+        lines.append(
+            f"text time: {text.total_s:.1f} s (load {text.load_s:.1f} s, "
+            f"export {text.export_s:.1f} s, validate {text.validate_s:.1f} s)"
+        )
+        lines.append(f"text model.onnx: {_mib(text.model_bytes)}")
+        lines.append("text files:")
+        lines += [f"  {path}" for path in (text.files.model, *text.files.configs)]
+        lines += [f"  {path}" for path in text.files.tokenizer_files]
     return "\n".join(lines)
 
 
@@ -200,6 +245,7 @@ def run_export(args: argparse.Namespace) -> int:
         CheckpointError,
         ExportValidationError,
         describe_model,
+        describe_text_model,
         export_model,
         write_repository_configs,
     )
@@ -207,14 +253,21 @@ def run_export(args: argparse.Namespace) -> int:
     try:
         options = _options_from(args)
         if args.configs_only:
+            text_info = describe_text_model(options) if options.text else None
             info = describe_model(options)
-            files = write_repository_configs(options, info)
-            print("\n".join(["Configs written (no model.onnx).", *describe_model_info(info)]))
+            files = write_repository_configs(options, info, text_info)
+            lines = ["Configs written (no model.onnx).", *describe_model_info(info)]
+            if text_info is not None:
+                lines += describe_text_info(text_info)
+            print("\n".join(lines))
             print("files:")
             print("\n".join(f"  {path}" for path in files.configs))
+            if files.text is not None:
+                print("\n".join(f"  {path}" for path in files.text.tokenizer_files))
             return EXIT_OK
         target = options.checkpoint or "the built-in default (UNTRAINED CLIP ViT-B/32)"
-        print(f"Exporting {target} to {options.repository / options.name} ...", flush=True)
+        towers = " (image and text towers)" if options.text else ""
+        print(f"Exporting {target}{towers} to {options.repository / options.name} ...", flush=True)
         result = export_model(options)
     except (ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
