@@ -41,7 +41,7 @@ from tritonvision.contract import (
 )
 from tritonvision.errors import TritonVisionError
 from tritonvision.serve._device import NvJpegDecoder, choose_image_decoder
-from tritonvision.serve.backends._stub import config_parameter, log_info
+from tritonvision.serve.backends._stub import config_parameter, error_response, log_info
 
 
 class TritonPythonModel:
@@ -102,16 +102,12 @@ class TritonPythonModel:
                     )
                     jobs = [(i, data, d) for (i, data), d in zip(items, decoded, strict=True)]
                     pixels = np.stack(list(self.pool.map(self._finish, jobs)))
-            except TritonVisionError as exc:
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"{self.model_name}: {exc}")
-                    )
-                )
+            except TritonVisionError as exc:  # the bytes are the caller's mistake: 400
+                responses.append(error_response(f"{self.model_name}: {exc}", invalid_input=True))
                 continue
             except Exception as exc:
                 message = f"{self.model_name}: cannot preprocess image: {type(exc).__name__}: {exc}"
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                responses.append(error_response(message))
                 continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(PIXELS_INPUT, pixels)]))
         return responses

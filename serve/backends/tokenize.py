@@ -32,7 +32,7 @@ import triton_python_backend_utils as pb_utils
 
 from tritonvision.contract import PARAM_CONTEXT_LENGTH, TEXTS_INPUT, TOKENIZER_DIR
 from tritonvision.errors import InvalidInput
-from tritonvision.serve.backends._stub import config_parameter, log_info
+from tritonvision.serve.backends._stub import config_parameter, error_response, log_info
 
 __all__ = ["TritonPythonModel", "decode_texts", "split_rows", "tokenize"]
 
@@ -175,12 +175,8 @@ class TritonPythonModel:
         )
 
     def _error(self, message: str, *, invalid_input: bool = False) -> Any:
-        # Bad input is the caller's error (HTTP 400 / INVALID_ARGUMENT) where the stub
-        # knows the code; a tokenizer failure stays an internal error.
-        code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_input else None
-        text = f"{self.model_name}: {message}"
-        error = pb_utils.TritonError(text) if code is None else pb_utils.TritonError(text, code)
-        return pb_utils.InferenceResponse(error=error)
+        # A tokenizer failure stays an internal error; bad bytes are the caller's.
+        return error_response(f"{self.model_name}: {message}", invalid_input=invalid_input)
 
     def _tokenize(self, texts: list[str]) -> dict[str, npt.NDArray[Any]]:
         return tokenize(

@@ -515,8 +515,9 @@ def test_a_request_mixing_good_and_bad_images_fails_alone_and_names_the_bad_inde
     try:
         inp = httpclient.InferInput("images", [3, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[good], [b"not an image"], [good]], dtype=np.object_))
-        with pytest.raises(InferenceServerException, match=r"images\[1\]"):
+        with pytest.raises(InferenceServerException, match=r"images\[1\]") as refused:
             client.infer(triton.images_model, [inp])
+        assert refused.value.status() == "400"  # the caller's bytes, not a server fault
         assert _ensemble_infer(client, triton.images_model, good).shape == (triton.embedding_dim,)
     finally:
         client.close()

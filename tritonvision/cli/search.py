@@ -135,10 +135,9 @@ def run_search(args: argparse.Namespace) -> int:
             config = config.replace(headers=merge_headers(config.headers, args.headers))
     except InvalidInput as exc:
         return _error(str(exc))
-    try:
-        query = _embed_query(args, model, config)
-    except _QueryFailed as exc:
-        return _error(str(exc))
+    query = _embed_query(args, model, config)
+    if isinstance(query, str):
+        return _error(query)
     try:
         hits = index.search(query, args.k)
     except (InvalidInput, OSError) as exc:  # OSError: the files changed under the search
@@ -152,13 +151,10 @@ def run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class _QueryFailed(Exception):
-    """The query could not be embedded; the message says why and where."""
-
-
 def _embed_query(
     args: argparse.Namespace, model: str, config: ClientConfig
-) -> npt.NDArray[np.float32]:
+) -> npt.NDArray[np.float32] | str:
+    """The query's embedding, or why it could not be made (naming the query and the model)."""
     import numpy as np
 
     from tritonvision.client import VisionClient
@@ -175,9 +171,7 @@ def _embed_query(
                 vector = client.embed_image(args.image).result()
         except TritonVisionError as exc:
             what = "the query text" if args.text is not None else f"the query image {args.image}"
-            raise _QueryFailed(
-                f"cannot embed {what} with model {served!r} at {args.server}: {exc}"
-            ) from exc
+            return f"cannot embed {what} with model {served!r} at {args.server}: {exc}"
     return np.asarray(vector, dtype=np.float32)
 
 
