@@ -44,6 +44,7 @@ __all__ = [
     "pixels_from_array",
     "prepare_pixels",
     "preprocess_image",
+    "resize_and_crop",
 ]
 
 # Raster formats whose Pillow decoders are common and well exercised. Everything else
@@ -269,9 +270,14 @@ def _axis_window(size: int, new_size: int, out_size: int) -> tuple[float, float,
     return (0.0, float(size), new_size)  # smaller than the crop: keep all, pad later
 
 
-def _preprocess(
+def resize_and_crop(
     img: Image.Image, spec: PreprocessSpec, reducing_gap: float | None = None
 ) -> UInt8Array:
+    """A decoded RGB image -> the spec's uint8 ``[H, W, 3]`` pixels (resize, centre crop).
+
+    ``reducing_gap`` trades exactness for speed as Pillow's own argument does (None: exact,
+    as transformers). Also the GPU decode path's second half (``NAME_preprocess``).
+    """
     width, height = img.size
     new_h, new_w = spec.resized_size(height, width)
     out_h, out_w, _ = spec.output_shape
@@ -329,7 +335,7 @@ def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> UInt8Array:
     """
     if img.mode not in ("RGB", "L") or "transparency" in img.info:
         img = _convert(img, keep_gray=True)
-    return _preprocess(img, spec)
+    return resize_and_crop(img, spec)
 
 
 def load_image_pixels(
@@ -358,7 +364,7 @@ def load_image_pixels(
         draft_size=None,
         keep_gray=True,
     )
-    return _preprocess(img, spec, None if exact else DEFAULT_REDUCING_GAP)
+    return resize_and_crop(img, spec, None if exact else DEFAULT_REDUCING_GAP)
 
 
 def pixels_from_array(

@@ -29,8 +29,7 @@ import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
 from PIL import Image
 
-from tritonvision.client._imaging import DEFAULT_REDUCING_GAP, load_image_pixels
-from tritonvision.client._imaging import _preprocess as resize_and_crop
+from tritonvision.client._imaging import DEFAULT_REDUCING_GAP, load_image_pixels, resize_and_crop
 from tritonvision.contract import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMAGES_INPUT,

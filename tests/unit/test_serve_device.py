@@ -22,8 +22,12 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonvision.client._imaging import DEFAULT_REDUCING_GAP, load_image_pixels, normalize_pixels
-from tritonvision.client._imaging import _preprocess as resize_and_crop
+from tritonvision.client._imaging import (
+    DEFAULT_REDUCING_GAP,
+    load_image_pixels,
+    normalize_pixels,
+    resize_and_crop,
+)
 from tritonvision.contract import (
     PARAM_ONNX_FILE,
     PARAM_ORT_PROVIDERS,
