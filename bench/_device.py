@@ -355,8 +355,7 @@ def _decode_check(
     decode + the same resize/crop, its pixels against Pillow's (the parity tolerance)."""
     from PIL import Image
 
-    from tritonvision.client._imaging import DEFAULT_REDUCING_GAP
-    from tritonvision.client._imaging import _preprocess as resize_and_crop
+    from tritonvision.client._imaging import DEFAULT_REDUCING_GAP, resize_and_crop
     from tritonvision.serve._device import NvJpegDecoder, choose_image_decoder, probe_device
 
     items = list(jpegs[: settings.decode_images])
