@@ -204,6 +204,24 @@ def test_embed_with_no_inputs_is_a_usage_error(
     assert "no inputs" in capsys.readouterr().err
 
 
+def test_embed_texts_with_image_inputs_or_text_model_without_texts_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = tmp_path / "captions.txt"
+    texts.write_text("a dog\n", encoding="utf-8")
+    out = str(tmp_path / "out.npy")
+    # A closed port: a usage error must come before any request.
+    server = ["--server", f"127.0.0.1:{closed_port()}"]
+    for images in (["photos"], ["--from-file", "list.txt"]):
+        assert main(["embed", *images, "--texts", str(texts), "-o", out, *server]) == EXIT_USAGE
+        assert "not both" in capsys.readouterr().err
+    assert main(["embed", "photos", "--text-model", "t", "-o", out, *server]) == EXIT_USAGE
+    assert "--text-model is for --texts" in capsys.readouterr().err
+    assert main(["embed", "--texts", str(tmp_path / "none.txt"), "-o", out]) == EXIT_USAGE
+    assert "cannot read texts from" in capsys.readouterr().err
+    assert not (tmp_path / "out.parts").exists()
+
+
 def test_embed_errors_belong_to_the_one_tree() -> None:
     assert issubclass(UsageError, TritonVisionError) and issubclass(UsageError, ValueError)
     assert issubclass(JobAborted, TritonVisionError)

@@ -1,5 +1,8 @@
 """``tritonvision embed``: folders, globs and URL lists to ``.npy`` + Parquet, resumable.
 
+With ``--texts FILE`` the same job embeds texts (one per line) with the text model
+instead, so a caption or label index is built like an image one.
+
 The job itself (input expansion, chunk journal, resume, output layout) is the
 :mod:`tritonvision.embed` application; this module is its command line: options, the
 summary and exit codes (progress displays are in :mod:`._progress`). Imports stay
@@ -58,7 +61,8 @@ _DESCRIPTION = """\
 Embed images from files, folders (recursive), globs, URLs and lists of them with a
 Triton-served encoder; write BASE.npy (N, D) float32 rows in input order,
 BASE.sources.jsonl (the input of each row), BASE.parquet (source + embedding; needs
-pyarrow) and BASE.errors.jsonl (failed inputs: source, error_type, message)."""
+pyarrow) and BASE.errors.jsonl (failed inputs: source, error_type, message).
+With --texts FILE, embed texts (one per line) with the text model instead."""
 
 _EPILOG = """\
 inputs:
@@ -66,6 +70,13 @@ inputs:
   sorted, hidden files skipped); quote globs ('imgs/**/*.png'); @FILE or --from-file
   FILE reads one path or URL per line ('#' comments; '-' is stdin). Exact repeats are
   embedded once. URLs on private/loopback addresses need --allow-private-addresses.
+
+texts:
+  --texts FILE (or '-' for stdin) embeds one UTF-8 text per line with the text model
+  (MODEL_texts, or --text-model); each text is its own source (key). Blank lines are
+  skipped, other lines kept exactly (less the newline), repeats embedded once; a line
+  that is not UTF-8 is a failed input naming its line number. Not with image inputs.
+  tritonvision embed --texts captions.txt -o captions --model clip_b32
 
 resume:
   work in progress is saved in BASE.parts/ chunk by chunk; if the run is interrupted
@@ -110,6 +121,18 @@ def register(subparsers: SubParsers) -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help=f"encoder model name (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--texts",
+        default=None,
+        metavar="FILE",
+        help="embed the texts in FILE, one per line ('-' is stdin), instead of images",
+    )
+    parser.add_argument(
+        "--text-model",
+        default=None,
+        metavar="NAME",
+        help="text model name for --texts (default: MODEL_texts)",
     )
     parser.add_argument(
         "--from-file",
@@ -203,7 +226,13 @@ def run_embed(args: argparse.Namespace) -> int:
     """The ``embed`` handler; returns the exit code (see the module docstring)."""
     started = time.monotonic()
     from tritonvision.client import ClientConfig
-    from tritonvision.embed import OutputPaths, UsageError, expand_inputs, pyarrow_problem
+    from tritonvision.embed import (
+        OutputPaths,
+        UsageError,
+        expand_inputs,
+        pyarrow_problem,
+        read_texts,
+    )
     from tritonvision.errors import InvalidInput, TritonVisionError
 
     model: str = args.model or DEFAULT_MODEL
@@ -221,9 +250,21 @@ def run_embed(args: argparse.Namespace) -> int:
                 "'tritonvision[embed]' (or pip install pyarrow), or write .npy only "
                 "with --no-parquet"
             )
-        if not args.inputs and not args.from_file:
-            raise UsageError("no inputs: give files, folders, globs, URLs or @LIST")
-        items = expand_inputs(args.inputs, args.from_file, stdin=sys.stdin)
+        if args.texts is not None:
+            if args.inputs or args.from_file:
+                raise UsageError(
+                    "--texts embeds texts, not images: give either --texts FILE or image "
+                    "inputs (files, folders, globs, URLs, @LIST, --from-file), not both"
+                )
+            items = read_texts(args.texts, stdin=getattr(sys.stdin, "buffer", None))
+        else:
+            if args.text_model is not None:
+                raise UsageError("--text-model is for --texts FILE; no --texts given")
+            if not args.inputs and not args.from_file:
+                raise UsageError(
+                    "no inputs: give files, folders, globs, URLs or @LIST (or --texts FILE)"
+                )
+            items = expand_inputs(args.inputs, args.from_file, stdin=sys.stdin)
         finished = paths.finished_outputs()
         if finished and not paths.parts.is_dir() and not args.restart:
             raise UsageError(
@@ -293,15 +334,19 @@ def _run_job(
 
     from ._progress import make_progress
 
-    with VisionClient(server, model, config=config) as client:
+    texts = args.texts is not None
+    with VisionClient(server, model, config=config, text_model=args.text_model) as client:
+        # A text job's vectors come from the text model: its name guards the work dir.
+        job_model = client.text_model if texts else model
         try:
-            info = client.model_info().result()
+            info = client.text_model_info().result() if texts else client.model_info().result()
         except TritonVisionError as exc:
-            return _error(f"cannot use model {model!r} at {server}: {exc}")
+            what = "text model" if texts else "model"
+            return _error(f"cannot use {what} {job_model!r} at {server}: {exc}")
         try:
             work = WorkDir.open(
                 paths.parts,
-                model=model,
+                model=job_model,
                 embedding_dim=info.embedding_dim,
                 server=server,
                 restart=args.restart,
@@ -341,7 +386,7 @@ def _run_job(
                 failures=outcome.failures,
                 embedding_dim=info.embedding_dim,
                 parquet=parquet,
-                model=model,
+                model=job_model,
             )
             keep = bool(outcome.failures)
             if not keep:

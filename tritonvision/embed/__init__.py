@@ -5,6 +5,8 @@ like any user. One job, in four steps, each in its own module:
 
 1. :func:`expand_inputs` (``_inputs``): folders, globs, files, URLs and lists of them to
    an ordered, repeat-free list of :class:`InputItem` (each with a key: URL or path);
+   or :func:`read_texts`: a file of one text per line (each text its own key), for a
+   text index embedded with the text model;
 2. :class:`WorkDir` (``_workdir``): ``BASE.parts/``, the locked work dir whose committed
    chunk files are the journal of finished inputs, so an interrupted job resumes;
 3. :func:`embed_pending` (``_run``): the inputs not yet in the journal, chunk by chunk,
@@ -21,7 +23,7 @@ if some failed it is kept, so a re-run retries only those. Errors: :class:`Usage
 from __future__ import annotations
 
 from ._errors import JobAborted, UsageError
-from ._inputs import IMAGE_EXTENSIONS, InputItem, expand_inputs
+from ._inputs import IMAGE_EXTENSIONS, InputItem, expand_inputs, read_texts
 from ._outputs import Assembled, OutputPaths, assemble_outputs, pyarrow_problem
 from ._run import Failure, Progress, RunOutcome, embed_pending
 from ._workdir import WorkDir
@@ -41,4 +43,5 @@ __all__ = [
     "embed_pending",
     "expand_inputs",
     "pyarrow_problem",
+    "read_texts",
 ]

@@ -19,6 +19,16 @@ A named path, folder or glob that matches nothing is a usage error. Every input 
 **key**: the URL as written, or the absolute, normalised path (``os.path.abspath``).
 Exact repeats of a key are dropped (the first occurrence keeps its place). The key is
 what outputs, the manifest and resume use.
+
+:func:`read_texts` is the text job's counterpart (``tritonvision embed --texts FILE``):
+one UTF-8 text per line of FILE (``-`` is stdin), in file order; a line's key is the text
+itself, so a text index's sources are its texts. Lines are split on ``\n`` only (a
+``\r\n`` ending counts as the newline, a leading UTF-8 BOM is dropped) and are kept
+exactly otherwise, spaces included; blank (empty or all-whitespace) lines are skipped;
+exact repeats are dropped (first wins). A line that is not valid UTF-8, or holds a NUL
+character (which cannot be stored as a key; a sign of a binary file), does not stop the
+job: it becomes an item with a ``problem`` naming its line number, reported as a failed
+input.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from typing import IO
 
 from ._errors import UsageError
 
-__all__ = ["IMAGE_EXTENSIONS", "InputItem", "expand_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "InputItem", "expand_inputs", "read_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +60,22 @@ _GLOB_MAGIC = re.compile(r"[*?[]")
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input: its key (URL as written, or absolute path) and whether it is a URL."""
+    """One input: its key (URL as written, absolute path, or the text) and its kind.
+
+    ``is_text`` marks a text (``--texts``): its key is the text, embedded with the text
+    model. ``problem``, when set, says why the input cannot be embedded at all (a text
+    line that is not UTF-8): the job records it as failed without sending it.
+    """
 
     key: str
     is_url: bool
+    is_text: bool = False
+    problem: str | None = None
 
     @property
     def source(self) -> str | Path:
         """What the client is given: a ``Path`` is never mistaken for base64 text."""
-        return self.key if self.is_url else Path(self.key)
+        return self.key if self.is_url or self.is_text else Path(self.key)
 
 
 class _Collector:
@@ -71,6 +88,9 @@ class _Collector:
 
     def add_path(self, path: str) -> None:
         self._add(InputItem(os.path.abspath(path), is_url=False))
+
+    def add_text(self, item: InputItem) -> None:
+        self._add(item)
 
     def _add(self, item: InputItem) -> None:
         if item.key not in self._seen:
@@ -179,4 +199,53 @@ def expand_inputs(
             f"no images found in {named} (folders and globs take files ending in "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
+    return collector.items
+
+
+def _text_item(raw: bytes, number: int, name: str) -> InputItem | None:
+    """The item for line ``number`` (1-based) of ``name``, or None for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # The key keeps the bytes (as surrogates), so two different bad lines stay apart.
+        key = raw.decode("utf-8", "surrogateescape")
+        problem = f"line {number} of {name} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        return InputItem(key, is_url=False, is_text=True, problem=problem)
+    if not text.strip():
+        return None
+    if "\0" in text:
+        # NumPy string arrays (the work dir's chunk keys) drop trailing NULs.
+        problem = f"line {number} of {name} holds a NUL character (is it a binary file?)"
+        return InputItem(text, is_url=False, is_text=True, problem=problem)
+    return InputItem(text, is_url=False, is_text=True)
+
+
+def read_texts(text_file: str, *, stdin: IO[bytes] | None = None) -> list[InputItem]:
+    """The texts of ``text_file`` (``-``: ``stdin``), in order, without repeats.
+
+    Rules in the module docstring. Raises :class:`UsageError` if the file cannot be
+    read or holds no text at all.
+    """
+    name = "stdin" if text_file == "-" else repr(text_file)
+    try:
+        if text_file == "-":
+            if stdin is None:
+                raise UsageError("cannot read texts from stdin")
+            data = stdin.read()
+        else:
+            with open(os.path.expanduser(text_file), "rb") as f:
+                data = f.read()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read texts from {name}: {exc.strerror or exc}", source=text_file
+        ) from exc
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    collector = _Collector()
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        item = _text_item(line.removesuffix(b"\r"), number, name)
+        if item is not None:
+            collector.add_text(item)
+    if not collector.items:
+        raise UsageError(f"no texts in {name}: it holds no non-blank line", source=text_file)
     return collector.items

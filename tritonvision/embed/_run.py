@@ -1,9 +1,11 @@
 """The run loop: pending inputs through one :class:`VisionClient`, chunk by chunk.
 
 Inputs are embedded in chunks of ``batch_size`` (one ``batch_embed_images`` call each,
-one shared client for the whole job); each chunk's successful rows are committed to the
-work dir as soon as the chunk is done, in input order. Failed inputs are never recorded
-as finished: every re-run tries them again.
+or ``batch_embed_texts`` for a text job, one shared client for the whole job); each
+chunk's successful rows are committed to the work dir as soon as the chunk is done, in
+input order. Failed inputs are never recorded as finished: every re-run tries them
+again. An input with a ``problem`` (a text line that is not UTF-8) is never sent: it is
+recorded as failed (``InvalidInput``) up front.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from tritonvision.client import BatchEmbedding, VisionClient
-from tritonvision.errors import ServerUnavailable, TritonVisionError
+from tritonvision.errors import InvalidInput, ServerUnavailable, TritonVisionError
 
 from ._errors import JobAborted
 from ._inputs import InputItem
@@ -73,6 +75,13 @@ def _chunks(items: Sequence[InputItem], size: int) -> Iterator[Sequence[InputIte
         yield items[start : start + size]
 
 
+def _submit(client: VisionClient, chunk: Sequence[InputItem]) -> _Pending:
+    """One chunk's batch call: texts to the text model, anything else to the image side."""
+    if chunk[0].is_text:
+        return client.batch_embed_texts([item.key for item in chunk])
+    return client.batch_embed_images([item.source for item in chunk])
+
+
 def embed_pending(
     client: VisionClient,
     pending: Sequence[InputItem],
@@ -93,23 +102,32 @@ def embed_pending(
     """
     outcome = RunOutcome(embedded=0, failures={})
     progress.start(len(pending))
+    sendable = [item for item in pending if item.problem is None]
+    for item in pending:
+        if item.problem is not None:
+            outcome.failures[item.key] = Failure.from_exception(
+                item.key, InvalidInput(item.problem, source=item.key)
+            )
+    unsent = len(outcome.failures)
+    if unsent:
+        progress.update(outcome.processed, unsent)
     baseline = client.stats()
     window: deque[tuple[Sequence[InputItem], _Pending]] = deque()
-    chunks = _chunks(pending, batch_size)
+    chunks = _chunks(sendable, batch_size)
     try:
         while True:
             while len(window) < chunks_in_flight:
                 chunk = next(chunks, None)
                 if chunk is None:
                     break
-                window.append((chunk, client.batch_embed_images([i.source for i in chunk])))
+                window.append((chunk, _submit(client, chunk)))
             if not window:
                 break
             chunk, future = window[0]
             while not concurrent.futures.wait([future], timeout=poll_s).done:
                 # The client's counters move per item, so the bar does not jump by chunks.
                 now = client.stats()
-                failed = now.failed - baseline.failed
+                failed = now.failed - baseline.failed + unsent
                 moved = now.items - baseline.items + failed
                 progress.update(
                     max(outcome.processed, min(len(pending), moved)),
