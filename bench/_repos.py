@@ -23,7 +23,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "ServedRepository",
     "Variant",
     "build_run_repository",
+    "cached_export",
     "exported",
 ]
 
@@ -151,19 +152,26 @@ class ExportedEncoder:
         return self.repository / "_fp32" / "model.onnx"
 
 
-def exported(spec: EncoderSpec, cache_dir: Path) -> ExportedEncoder:
-    """The encoder's exported repository, from the cache or exported now (then cached)."""
+def cached_export(
+    cache_dir: Path, key: str, digest: str, export: Callable[[Path], None]
+) -> tuple[Path, float]:
+    """``<cache>/bench-repos/<key>-<digest>``, exported now by ``export(dir)`` unless cached.
+
+    Returns the folder and the seconds the export took (0 from the cache). Exports go to a
+    partial folder renamed into place, so a killed run never leaves a half export; older
+    exports of ``key`` (other options or export code) are removed: ViT-B/32 is ~350 MB each.
+    """
     cache = cache_dir.expanduser() / "bench-repos"
-    dest = cache / f"{spec.key}-{_cache_key(spec)}"
+    dest = cache / f"{key}-{digest}"
     if (dest / ".complete").exists():
-        return ExportedEncoder(spec, dest, 0.0)
+        return dest, 0.0
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f".{dest.name}.{os.getpid()}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
     try:
         with _quiet():
-            _export(spec, partial)
+            export(partial)
         (partial / ".complete").write_text(json.dumps({"exported": time.time()}))
         try:
             os.replace(partial, dest)
@@ -172,12 +180,18 @@ def exported(spec: EncoderSpec, cache_dir: Path) -> ExportedEncoder:
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    # Older exports of this encoder (other options or export code) are stale: ViT-B/32
-    # is ~350 MB each, so do not let them pile up.
-    for stale in cache.glob(f"{spec.key}-*"):
+    for stale in cache.glob(f"{key}-*"):
         if stale != dest and (stale / ".complete").exists():
             shutil.rmtree(stale, ignore_errors=True)
-    return ExportedEncoder(spec, dest, time.perf_counter() - started)
+    return dest, time.perf_counter() - started
+
+
+def exported(spec: EncoderSpec, cache_dir: Path) -> ExportedEncoder:
+    """The encoder's exported repository, from the cache or exported now (then cached)."""
+    dest, seconds = cached_export(
+        cache_dir, spec.key, _cache_key(spec), lambda partial: _export(spec, partial)
+    )
+    return ExportedEncoder(spec, dest, seconds)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ from tritonvision.serve._runtime_repo import DEFAULT_CPU_INSTANCES, DEFAULT_CPU_
 from ._context import Context, Scenario
 from ._load import Measurement, cpu_seconds_of_group, side_from
 from ._report import Row, Side, fmt_rate
-from ._repos import _export_code_hash, _quiet, _read_config
+from ._repos import _export_code_hash, _read_config, cached_export
 from ._text_model import (
     CONTEXT_LENGTH,
     TEXT_TOWERS,
@@ -133,29 +133,13 @@ def exported_text(tower: TextTower, cache_dir: Path) -> ExportedText:
     The checkpoint is only needed to export: the cache keeps the repository and the
     checkpoint's tokenizer, not the checkpoint's weights (~250 MB for ViT-B/32's text tower).
     """
-    cache = cache_dir.expanduser() / "bench-repos"
-    dest = cache / f"{tower.key}-{_cache_key(tower)}"
-    if (dest / ".complete").exists():
-        return ExportedText(tower, dest, 0.0)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{dest.name}.{os.getpid()}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    started = time.perf_counter()
-    try:
-        with _quiet(), no_progress_bars():
+
+    def export(partial: Path) -> None:
+        with no_progress_bars():
             _export(tower, partial)
-        (partial / ".complete").write_text(json.dumps({"exported": time.time()}))
-        try:
-            os.replace(partial, dest)
-        except OSError:  # another run finished first: keep theirs
-            if not (dest / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    for stale in cache.glob(f"{tower.key}-*"):
-        if stale != dest and (stale / ".complete").exists():
-            shutil.rmtree(stale, ignore_errors=True)
-    return ExportedText(tower, dest, time.perf_counter() - started)
+
+    dest, seconds = cached_export(cache_dir, tower.key, _cache_key(tower), export)
+    return ExportedText(tower, dest, seconds)
 
 
 def _export(tower: TextTower, dest: Path) -> None:
