@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import time
@@ -35,7 +36,7 @@ import numpy.typing as npt
 from tritonvision.contract import DEFAULT_MODEL, PreprocessSpec, texts_name
 from tritonvision.errors import ClientClosed, InvalidInput, RuntimeUnavailable
 
-from ._coalesce import Coalescer, coalesced_batch_size
+from ._coalesce import Coalescer, embed_single, make_coalescer
 from ._config import ClientConfig, ConfigOverrides
 from ._fetch import PolicyResolver
 from ._gate import OverloadGate
@@ -56,7 +57,7 @@ from ._model_info import (
     embedding_rows,
     model_info_from_config,
 )
-from ._pipeline import BatchPipeline, pack_size
+from ._pipeline import BatchPipeline, make_pipeline
 from ._protocol import InputTensor, ModelConfig
 from ._results import BatchEmbedding
 from ._retry import Retrier, RetryPolicy
@@ -385,41 +386,22 @@ class AsyncVisionClient:
                 info = await self._models.get(self._model, self._model_version)
                 assert self._loader is not None and self._slots is not None
                 pixels = await self._loader.pixels(source, info.preprocessing, kind)
-                coalescer = self._coalescer_for(info)
-                if coalescer is not None:
-                    row = await coalescer.embed(pixels)
-                else:
-                    async with self._slots:
-                        row = (await self._infer(info, [pixels]))[0]
+                infer = functools.partial(self._infer, info)
+                if self._coalescer is None:
+                    self._coalescer = make_coalescer(
+                        self._config,
+                        model_max_batch_size=info.max_batch_size,
+                        item_bytes=info.item_bytes,
+                        infer=infer,
+                        slots=self._slots,
+                    )
+                row = await embed_single(self._coalescer, infer, self._slots, pixels)
             except Exception as exc:
                 self._stats.failed(exc)
                 attach_source(exc, source)
                 raise
             self._stats.succeeded(1)
             return row
-
-    def _coalescer_for(self, info: ModelInfo) -> Coalescer[npt.NDArray[np.uint8]] | None:
-        """The client's coalescer of single calls (made on first use), or None if off."""
-        if self._coalescer is not None:
-            return self._coalescer
-        cfg = self._config
-        max_batch = coalesced_batch_size(
-            enabled=cfg.coalesce,
-            max_batch=cfg.coalesce_max_batch,
-            model_max_batch_size=info.max_batch_size,
-            item_bytes=info.item_bytes,
-            max_request_bytes=cfg.max_request_bytes,
-        )
-        if max_batch < 2:
-            return None
-        assert self._slots is not None
-        self._coalescer = Coalescer(
-            infer=lambda images: self._infer(info, images),
-            slots=self._slots,
-            max_batch=max_batch,
-            open_requests=cfg.coalesce_open_requests,
-        )
-        return self._coalescer
 
     async def batch_embed_images(self, sources: Iterable[ImageSource]) -> BatchEmbedding:
         """Embed many images of any mix of kinds; one bad item never sinks the rest.
@@ -436,21 +418,15 @@ class AsyncVisionClient:
             info = await self._models.get(self._model, self._model_version)
             loader, slots = self._loader, self._slots
             assert loader is not None and slots is not None
-            cfg = self._config
-            pipeline: BatchPipeline[ImageSource, npt.NDArray[np.uint8]] = BatchPipeline(
+            pipeline: BatchPipeline[ImageSource, npt.NDArray[np.uint8]] = make_pipeline(
+                self._config,
                 prepare=lambda source: loader.pixels(source, info.preprocessing),
-                infer=lambda images: self._infer(info, images),
+                infer=functools.partial(self._infer, info),
                 slots=slots,
-                pack_size=pack_size(
-                    pack_batch_size=cfg.pack_batch_size,
-                    max_batch_size=info.max_batch_size,
-                    item_bytes=info.item_bytes,
-                    max_request_bytes=cfg.max_request_bytes,
-                ),
-                lookahead=cfg.lookahead_items,
-                embedding_dim=info.embedding_dim,
                 stats=self._stats,
-                deduplicate=cfg.deduplicate_inputs,
+                max_batch_size=info.max_batch_size,
+                embedding_dim=info.embedding_dim,
+                item_bytes=info.item_bytes,
             )
             return await pipeline.run(sources)
 

@@ -45,9 +45,10 @@ import numpy.typing as npt
 
 from tritonvision.errors import ClientClosed, RuntimeUnavailable
 
+from ._config import ClientConfig
 from ._pipeline import PackBudget, infer_or_split, pack_size
 
-__all__ = ["Coalescer", "coalesced_batch_size"]
+__all__ = ["Coalescer", "coalesced_batch_size", "embed_single", "make_coalescer"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,55 @@ def coalesced_batch_size(
         item_bytes=item_bytes,
         max_request_bytes=max_request_bytes,
     )
+
+
+def make_coalescer(
+    config: ClientConfig,
+    *,
+    model_max_batch_size: int,
+    infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
+    slots: asyncio.Semaphore,
+    item_bytes: int = 1,
+    weigh: Callable[[ItemT], int] | None = None,
+) -> Coalescer[ItemT] | None:
+    """The client's coalescer of single calls to one model, or None if they are not coalesced.
+
+    Items of one size (a model's pixels) pass ``item_bytes``; items that differ in size
+    (texts) pass ``weigh`` instead, and each merged request is kept within
+    ``max_request_bytes`` by their weights.
+    """
+    max_batch = coalesced_batch_size(
+        enabled=config.coalesce,
+        max_batch=config.coalesce_max_batch,
+        model_max_batch_size=model_max_batch_size,
+        item_bytes=item_bytes,
+        max_request_bytes=config.max_request_bytes,
+    )
+    if max_batch < 2:
+        return None
+    return Coalescer(
+        infer=infer,
+        slots=slots,
+        max_batch=max_batch,
+        open_requests=config.coalesce_open_requests,
+        weigh=weigh,
+        max_request_bytes=config.max_request_bytes,
+    )
+
+
+async def embed_single(
+    coalescer: Coalescer[ItemT] | None,
+    infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
+    slots: asyncio.Semaphore,
+    item: ItemT,
+) -> Row:
+    """One item's row: through ``coalescer``, or (None: coalescing off) its own request in
+    one of ``slots``."""
+    if coalescer is not None:
+        return await coalescer.embed(item)
+    async with slots:
+        row: Row = (await infer([item]))[0]
+    return row
 
 
 class Coalescer(Generic[ItemT]):

@@ -33,12 +33,13 @@ import numpy.typing as npt
 
 from tritonvision.errors import ProtocolError, ServerError, ServerOverloaded
 
+from ._config import ClientConfig
 from ._dedup import BatchDedup
 from ._inputs import attach_source
 from ._results import BatchEmbedding
 from ._stats import StatsRecorder
 
-__all__ = ["BatchPipeline", "PackBudget", "infer_or_split", "pack_size"]
+__all__ = ["BatchPipeline", "PackBudget", "infer_or_split", "make_pipeline", "pack_size"]
 
 SourceT = TypeVar("SourceT")
 """What the caller passes per item (an image source, a text)."""
@@ -223,6 +224,43 @@ class BatchPipeline(Generic[SourceT, ItemT]):
                 succeeded += 1
         if succeeded:
             self._stats.succeeded(succeeded)
+
+
+def make_pipeline(
+    config: ClientConfig,
+    *,
+    prepare: Callable[[SourceT], Awaitable[ItemT]],
+    infer: Callable[[Sequence[ItemT]], Awaitable[npt.NDArray[np.float32]]],
+    slots: asyncio.Semaphore,
+    stats: StatsRecorder,
+    max_batch_size: int,
+    embedding_dim: int | None,
+    item_bytes: int = 1,
+    weigh: Callable[[ItemT], int] | None = None,
+) -> BatchPipeline[SourceT, ItemT]:
+    """The pipeline of one batch call of the client to one model, as ``config`` says.
+
+    Items of one size (a model's pixels) pass ``item_bytes``; items that differ in size
+    (texts) pass ``weigh`` instead, and each pack is kept within ``max_request_bytes`` by
+    their weights.
+    """
+    return BatchPipeline(
+        prepare=prepare,
+        infer=infer,
+        slots=slots,
+        pack_size=pack_size(
+            pack_batch_size=config.pack_batch_size,
+            max_batch_size=max_batch_size,
+            item_bytes=item_bytes,
+            max_request_bytes=config.max_request_bytes,
+        ),
+        lookahead=config.lookahead_items,
+        embedding_dim=embedding_dim,
+        stats=stats,
+        deduplicate=config.deduplicate_inputs,
+        weigh=weigh,
+        max_request_bytes=config.max_request_bytes,
+    )
 
 
 class PackBudget(Generic[ItemT]):

@@ -35,23 +35,19 @@ import numpy.typing as npt
 
 from tritonvision.errors import InvalidInput, describe_source
 
-from ._coalesce import Coalescer, coalesced_batch_size
+from ._coalesce import Coalescer, embed_single, make_coalescer
 from ._config import ClientConfig
 from ._inputs import attach_source
 from ._model_info import ModelInfoCache, TextModelInfo, text_model_info_from_config
-from ._pipeline import BatchPipeline, pack_size
+from ._pipeline import BatchPipeline, make_pipeline
 from ._protocol import InputTensor, ModelConfig
 from ._results import BatchEmbedding
 from ._stats import StatsRecorder
 
 __all__ = [
     "TextCalls",
-    "TextItem",
     "check_batch_texts",
-    "checked_texts",
     "encode_text",
-    "text_coalescer",
-    "text_pipeline",
     "texts_tensor",
     "wire_bytes",
 ]
@@ -151,64 +147,6 @@ def texts_tensor(info: TextModelInfo, texts: Sequence[bytes]) -> InputTensor:
     return InputTensor(info.input_name, shaped, "BYTES")
 
 
-def text_coalescer(
-    info: TextModelInfo, config: ClientConfig, infer: InferTexts, slots: asyncio.Semaphore
-) -> Coalescer[bytes] | None:
-    """The coalescer of single ``embed_text`` calls for ``info``'s model, or None if off.
-
-    Texts differ in size: each merged request is also kept within ``max_request_bytes``.
-    """
-    max_batch = coalesced_batch_size(
-        enabled=config.coalesce,
-        max_batch=config.coalesce_max_batch,
-        model_max_batch_size=info.max_batch_size,
-        item_bytes=1,  # the byte cap is kept by weighing each text
-        max_request_bytes=config.max_request_bytes,
-    )
-    if max_batch < 2:
-        return None
-    return Coalescer(
-        infer=infer,
-        slots=slots,
-        max_batch=max_batch,
-        open_requests=config.coalesce_open_requests,
-        weigh=wire_bytes,
-        max_request_bytes=config.max_request_bytes,
-    )
-
-
-def text_pipeline(
-    info: TextModelInfo,
-    config: ClientConfig,
-    infer: InferTexts,
-    slots: asyncio.Semaphore,
-    stats: StatsRecorder,
-) -> BatchPipeline[object, bytes]:
-    """The pipeline of one ``batch_embed_texts`` call (run it over :func:`checked_texts`).
-
-    Packs hold at most ``min(pack_batch_size, max_batch_size)`` texts and
-    ``max_request_bytes`` of their UTF-8 bytes.
-    """
-    limit = config.max_request_bytes
-    return BatchPipeline(
-        prepare=lambda item: _prepare(item, limit),
-        infer=infer,
-        slots=slots,
-        pack_size=pack_size(
-            pack_batch_size=config.pack_batch_size,
-            max_batch_size=info.max_batch_size,
-            item_bytes=1,
-            max_request_bytes=limit,
-        ),
-        lookahead=config.lookahead_items,
-        embedding_dim=info.embedding_dim,
-        stats=stats,
-        deduplicate=config.deduplicate_inputs,
-        weigh=wire_bytes,
-        max_request_bytes=limit,
-    )
-
-
 class TextCalls:
     """The text side of one client, for its one text model (its latest version).
 
@@ -252,13 +190,16 @@ class TextCalls:
         try:
             data = encode_text(text, max_request_bytes=self._config.max_request_bytes)
             info = await self.info()
+            infer = self._infer(info)
             if self._coalescer is None:
-                self._coalescer = text_coalescer(info, self._config, self._infer(info), slots)
-            if self._coalescer is not None:
-                row = await self._coalescer.embed(data)
-            else:
-                async with slots:
-                    row = (await self._infer(info)([data]))[0]
+                self._coalescer = make_coalescer(
+                    self._config,
+                    model_max_batch_size=info.max_batch_size,
+                    infer=infer,
+                    slots=slots,
+                    weigh=wire_bytes,
+                )
+            row = await embed_single(self._coalescer, infer, slots, data)
         except Exception as exc:
             self._stats.failed(exc)
             attach_source(exc, text)
@@ -269,8 +210,17 @@ class TextCalls:
     async def batch(self, texts: Iterable[object], slots: asyncio.Semaphore) -> BatchEmbedding:
         """Every text's row or error, in input order (see ``batch_embed_texts``)."""
         info = await self.info()
-        pipeline = text_pipeline(info, self._config, self._infer(info), slots, self._stats)
         limit = self._config.max_request_bytes
+        pipeline: BatchPipeline[object, bytes] = make_pipeline(
+            self._config,
+            prepare=lambda item: _prepare(item, limit),
+            infer=self._infer(info),
+            slots=slots,
+            stats=self._stats,
+            max_batch_size=info.max_batch_size,
+            embedding_dim=info.embedding_dim,
+            weigh=wire_bytes,
+        )
         return await pipeline.run(checked_texts(texts, max_request_bytes=limit))
 
     async def aclose(self) -> None:

@@ -210,28 +210,47 @@ class EncoderFamily:
         return pooling
 
 
-def _require_weights(info: Mapping[str, Any], checkpoint: Path, hint: str) -> None:
+def _vision_weight(key: str) -> bool:
+    """Whether an image encoder needs weight ``key`` (not the text tower of a two-tower one)."""
+    return not key.startswith(_UNUSED_WEIGHTS)
+
+
+def _require_weights(
+    info: Mapping[str, Any],
+    checkpoint: Path,
+    hint: str,
+    *,
+    needed: Callable[[str], bool] = _vision_weight,
+    what: str = "weights the encoder needs",
+) -> None:
     # transformers fills missing weights with random ones and only logs it; an export of that
-    # would look fine and embed garbage. The text tower of a two-tower checkpoint is not used.
-    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(_UNUSED_WEIGHTS)]
+    # would look fine (ONNX matches PyTorch) and embed garbage.
+    missing = [k for k in info.get("missing_keys", ()) if needed(k)]
     mismatched = [str(k) for k in info.get("mismatched_keys", ())]
     problems = missing + mismatched
     if problems:
-        shown = ", ".join(problems[:5]) + (", ..." if len(problems) > 5 else "")
+        shown = ", ".join(sorted(problems)[:5]) + (", ..." if len(problems) > 5 else "")
         raise CheckpointError(
-            f"{checkpoint}: checkpoint lacks weights the encoder needs ({shown}); {hint}",
-            checkpoint=checkpoint,
+            f"{checkpoint}: checkpoint lacks {what} ({shown}); {hint}", checkpoint=checkpoint
         )
 
 
-def _load_pretrained(cls: Any, checkpoint: Path, hint: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` offline, in fp32, refusing missing weights; eval mode."""
+def _load_pretrained(
+    cls: Any,
+    checkpoint: Path,
+    hint: str,
+    *,
+    needed: Callable[[str], bool] = _vision_weight,
+    what: str = "weights the encoder needs",
+    **kwargs: Any,
+) -> Any:
+    """``cls.from_pretrained`` offline, in fp32, refusing missing ``needed`` weights; eval mode."""
     import torch
 
     model, info = cls.from_pretrained(
         checkpoint, local_files_only=True, dtype=torch.float32, output_loading_info=True, **kwargs
     )
-    _require_weights(info, checkpoint, hint)
+    _require_weights(info, checkpoint, hint, needed=needed, what=what)
     return model.eval()
 
 
@@ -279,7 +298,9 @@ def _load_backbone(checkpoint: Path, model_type: str, pooling: str | None) -> nn
 
     # Swin's SDPA path reshapes a non-contiguous tensor, which torch.export cannot decompose
     # with a symbolic batch; its eager attention computes the same and exports.
-    extra = {"attn_implementation": "eager"} if model_type in _EAGER_ATTENTION else {}
+    extra: dict[str, Any] = (
+        {"attn_implementation": "eager"} if model_type in _EAGER_ATTENTION else {}
+    )
     model = _load_pretrained(AutoModel, checkpoint, BACKBONE.weights_hint, **extra)
     # ViTModel(add_pooling_layer=False) and kin keep `pooler = None`: no pooled output.
     if getattr(model, "pooler", True) is None:
@@ -475,6 +496,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _checkpoint_model_type(checkpoint: Path) -> str:
+    """``config.json``'s ``model_type``; :class:`CheckpointError` when ``checkpoint`` is not a
+    directory or its config names none."""
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint} is not a directory", checkpoint=checkpoint)
+    model_type = _read_json(checkpoint / "config.json").get("model_type")
+    if not isinstance(model_type, str):
+        raise CheckpointError(f"{checkpoint}/config.json has no model_type", checkpoint=checkpoint)
+    return model_type
+
+
 @dataclass(frozen=True)
 class _Description:
     family: EncoderFamily
@@ -488,11 +520,7 @@ def _checkpoint_description(checkpoint: Path, pooling: str | None) -> _Descripti
     """What a checkpoint's JSON files say: family, model_type, embedding size, preprocessing."""
     from transformers import AutoConfig
 
-    if not checkpoint.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a directory", checkpoint=checkpoint)
-    model_type = _read_json(checkpoint / "config.json").get("model_type")
-    if not isinstance(model_type, str):
-        raise CheckpointError(f"{checkpoint}/config.json has no model_type", checkpoint=checkpoint)
+    model_type = _checkpoint_model_type(checkpoint)
     family = family_for_model_type(model_type)
     pooling = family.resolve_pooling(pooling)
     assert family.describe_config is not None  # every checkpoint family describes its config

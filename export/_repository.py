@@ -26,7 +26,7 @@ from tritonvision.contract import (
 
 from ._encoders import EncoderInfo, builtin_encoder_info, describe_checkpoint
 from ._options import ExportOptions
-from ._text import TextInfo, describe_text_checkpoint, load_tokenizer
+from ._text import TextInfo, _described_with_tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2
@@ -175,10 +175,19 @@ def describe_model(options: ExportOptions) -> EncoderInfo:
 def describe_text_model(options: ExportOptions) -> TextInfo:
     """What ``options``' text models would publish, from the checkpoint's JSON and tokenizer
     files (no weights, no torch). Raises :class:`CheckpointError` without a text tower."""
+    return _describe_text(options)[0]
+
+
+def _text_checkpoint(options: ExportOptions) -> Path:
     if options.checkpoint is None:
         raise ValueError("the text tower needs a checkpoint; the built-in default has none")
-    return describe_text_checkpoint(
-        options.checkpoint, normalize=options.normalize, fp16=options.fp16
+    return options.checkpoint
+
+
+def _describe_text(options: ExportOptions) -> tuple[TextInfo, Any]:
+    """:func:`describe_text_model` and the checkpoint's tokenizer, each file read once."""
+    return _described_with_tokenizer(
+        _text_checkpoint(options), normalize=options.normalize, fp16=options.fp16
     )
 
 
@@ -460,11 +469,10 @@ def write_text_configs(
     checkpoint's own (both read its files only; no torch).
     """
     if info is None:
-        info = describe_text_model(options)
+        info, described = _describe_text(options)
+        tokenizer = described if tokenizer is None else tokenizer
     if tokenizer is None:
-        if options.checkpoint is None:
-            raise ValueError("the text tower needs a checkpoint; the built-in default has none")
-        tokenizer = load_tokenizer(options.checkpoint)
+        tokenizer = load_tokenizer(_text_checkpoint(options))
     files = text_repository_files(options)
     _write(files.text_config, config_text(text_config(options, info)))
     _write(files.tokenize_config, config_text(tokenize_config(options, info)))
@@ -485,9 +493,10 @@ def write_repository_configs(
     :func:`describe_text_model` (both read the checkpoint's JSON and tokenizer files only).
     The text side is described first, so a checkpoint without one writes nothing.
     """
+    tokenizer = None
     if options.text and text_info is None:
-        text_info = describe_text_model(options)
+        text_info, tokenizer = _describe_text(options)
     files = write_encoder_configs(options, info)
     if not options.text:
         return files
-    return dataclasses.replace(files, text=write_text_configs(options, text_info))
+    return dataclasses.replace(files, text=write_text_configs(options, text_info, tokenizer))

@@ -34,7 +34,14 @@ from tritonvision.contract import (
     TOKEN_INPUTS,
 )
 
-from ._encoders import CLIP, SIGLIP, EncoderFamily, _read_json, family_for_model_type
+from ._encoders import (
+    CLIP,
+    SIGLIP,
+    EncoderFamily,
+    _checkpoint_model_type,
+    _load_pretrained,
+    family_for_model_type,
+)
 from ._errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -181,11 +188,7 @@ TEXT_TOWERS: Mapping[str, TextTower] = MappingProxyType(
 
 def text_tower_for(checkpoint: Path) -> TextTower:
     """The text side of ``checkpoint``'s family; refuses families and checkpoints without one."""
-    if not checkpoint.is_dir():
-        raise CheckpointError(f"{checkpoint} is not a directory", checkpoint=checkpoint)
-    model_type = _read_json(checkpoint / "config.json").get("model_type")
-    if not isinstance(model_type, str):
-        raise CheckpointError(f"{checkpoint}/config.json has no model_type", checkpoint=checkpoint)
+    model_type = _checkpoint_model_type(checkpoint)
     try:
         family = family_for_model_type(model_type)
     except CheckpointError as exc:
@@ -330,9 +333,17 @@ def describe_text_checkpoint(
 ) -> TextInfo:
     """What an export of ``checkpoint``'s text tower publishes, from its JSON and tokenizer
     files (no weights loaded, no torch). Raises :class:`CheckpointError` when it has none."""
-    return _text_info(
-        _describe(checkpoint), source=str(checkpoint.resolve()), normalize=normalize, fp16=fp16
-    )
+    return _described_with_tokenizer(checkpoint, normalize=normalize, fp16=fp16)[0]
+
+
+def _described_with_tokenizer(
+    checkpoint: Path, *, normalize: bool, fp16: bool
+) -> tuple[TextInfo, Any]:
+    """:func:`describe_text_checkpoint` and the tokenizer it loaded to find ``L`` (for the
+    repository's copy, without loading it again)."""
+    described = _describe(checkpoint)
+    info = _text_info(described, source=str(checkpoint.resolve()), normalize=normalize, fp16=fp16)
+    return info, described.tokenizer
 
 
 class _DescribedText(Protocol):
@@ -399,37 +410,25 @@ class LoadedTextEncoder:
         )
 
 
-def _require_text_weights(info: Mapping[str, Any], checkpoint: Path, tower: TextTower) -> None:
-    # transformers fills missing weights with random ones and only logs it: a text export of
-    # that would validate (ONNX matches PyTorch) and embed garbage.
-    missing = [k for k in info.get("missing_keys", ()) if k.startswith(tower.weight_prefixes)]
-    mismatched = [str(k) for k in info.get("mismatched_keys", ())]
-    problems = missing + mismatched
-    if problems:
-        shown = ", ".join(sorted(problems)[:5]) + (", ..." if len(problems) > 5 else "")
-        raise CheckpointError(
-            f"{checkpoint}: checkpoint lacks the text tower's weights ({shown}); {tower.save_hint}",
-            checkpoint=checkpoint,
-        )
-
-
 def load_text_encoder(checkpoint: Path) -> LoadedTextEncoder:
     """Load the text tower of a full two-tower CLIP or SigLIP checkpoint, offline, in fp32.
 
     Raises :class:`CheckpointError` for another family, a vision-only checkpoint, missing
     text weights or missing tokenizer files, naming the checkpoint and what is missing.
     """
-    import torch
     import transformers
 
     described = _describe(checkpoint)
     tower = described.tower
-    cls = getattr(transformers, tower.model_class)
-    model, info = cls.from_pretrained(
-        checkpoint, local_files_only=True, dtype=torch.float32, output_loading_info=True
+    model = _load_pretrained(
+        getattr(transformers, tower.model_class),
+        checkpoint,
+        tower.save_hint,
+        # transformers fills missing weights with random ones: a text export of that would
+        # validate (ONNX matches PyTorch) and embed garbage.
+        needed=lambda key: key.startswith(tower.weight_prefixes),
+        what="the text tower's weights",
     )
-    _require_text_weights(info, checkpoint, tower)
-    model.train(False)  # eval(); transformers' own eval() override is untyped
     return LoadedTextEncoder(
         tower=tower,
         source=str(checkpoint.resolve()),

@@ -450,21 +450,21 @@ def _text_reference(checkpoint: Path) -> _TextReference:
     has no text tower or no tokenizer."""
     import transformers
 
-    from ._text import describe_text_checkpoint, load_tokenizer, text_tower_for
+    from ._text import _describe
 
-    tower = text_tower_for(checkpoint)
-    info = describe_text_checkpoint(checkpoint)
+    described = _describe(checkpoint)  # config and tokenizer, each read once
+    tower = described.tower
     model_class = getattr(transformers, tower.model_class)
     model = model_class.from_pretrained(checkpoint, local_files_only=True)
     model.train(False)
     return _TextReference(
-        source=info.source,
-        family=info.family,
-        embedding_dim=info.embedding_dim,
-        context_length=info.context_length,
+        source=str(checkpoint.resolve()),
+        family=tower.family.name,
+        embedding_dim=described.embedding_dim,
+        context_length=described.context_length,
         tolerance_fp32=tower.family.tolerance_for(fp16=False),
         tolerance_fp16=tower.family.tolerance_for(fp16=True),
-        tokenizer=load_tokenizer(checkpoint),
+        tokenizer=described.tokenizer,
         model=model,
     )
 

@@ -28,10 +28,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _SEED = 14
 
 
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
-    # Seed without disturbing the caller's RNG stream: the same weights in every session.
+def seeded(build: Callable[[], nn.Module], seed: int = _SEED) -> nn.Module:
+    """``build()`` in eval mode, its weights drawn from ``seed`` without disturbing the
+    caller's RNG stream: the same weights in every session."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
+        torch.manual_seed(seed)
         return build().eval()
 
 
@@ -47,7 +48,7 @@ def make_dinov2(path: Path) -> Path:
         image_size=64,
         patch_size=8,
     )
-    _seeded(lambda: transformers.Dinov2Model(config)).save_pretrained(path)
+    seeded(lambda: transformers.Dinov2Model(config)).save_pretrained(path)
     transformers.BitImageProcessorPil(
         size={"shortest_edge": 40},
         crop_size={"height": 32, "width": 32},
@@ -67,7 +68,7 @@ def make_vit(path: Path) -> Path:
         image_size=32,
         patch_size=8,
     )
-    _seeded(lambda: transformers.ViTModel(config)).save_pretrained(path)
+    seeded(lambda: transformers.ViTModel(config)).save_pretrained(path)
     transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
@@ -75,7 +76,7 @@ def make_vit(path: Path) -> Path:
 def make_convnext(path: Path) -> Path:
     """ConvNeXt; its processor's crop_pct rule: short side to int(32 / 0.875) = 36, crop 32."""
     config = transformers.ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)
-    _seeded(lambda: transformers.ConvNextModel(config)).save_pretrained(path)
+    seeded(lambda: transformers.ConvNextModel(config)).save_pretrained(path)
     transformers.ConvNextImageProcessorPil(
         size={"shortest_edge": 32}, crop_pct=0.875
     ).save_pretrained(path)
@@ -87,7 +88,7 @@ def make_swin(path: Path) -> Path:
     config = transformers.SwinConfig(
         image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4
     )
-    _seeded(lambda: transformers.SwinModel(config)).save_pretrained(path)
+    seeded(lambda: transformers.SwinModel(config)).save_pretrained(path)
     transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
@@ -109,7 +110,7 @@ class TinyEmbedder(nn.Module):
 
 def tiny_module() -> TinyEmbedder:
     """The same seeded module every time (conftest exports it, the tests rebuild it)."""
-    module = _seeded(TinyEmbedder)
+    module = seeded(TinyEmbedder)
     assert isinstance(module, TinyEmbedder)
     return module
 

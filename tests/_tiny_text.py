@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import transformers
-from torch import nn
+from _tiny_families import seeded
 
 from tritonvision.contract import TOKEN_INPUTS
 
@@ -47,12 +47,6 @@ _SPM_CORPUS = (
     "héllo wörld, a small town by the sea",
     "two birds on a wire at dusk",
 )
-
-
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        return build().eval()
 
 
 def _tower(**extra: object) -> dict[str, object]:
@@ -89,7 +83,7 @@ def make_clip_text(path: Path) -> Path:
         vision_config=_tower(image_size=32, patch_size=8),
         projection_dim=PROJECTION_DIM,
     )
-    _seeded(lambda: transformers.CLIPModel(config)).save_pretrained(path)
+    seeded(lambda: transformers.CLIPModel(config), _SEED).save_pretrained(path)
     transformers.CLIPImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(path)
@@ -103,7 +97,7 @@ def make_clip_vision_only(path: Path) -> Path:
     config = transformers.CLIPVisionConfig(
         **_tower(image_size=32, patch_size=8, projection_dim=PROJECTION_DIM)
     )
-    _seeded(lambda: transformers.CLIPVisionModelWithProjection(config)).save_pretrained(path)
+    seeded(lambda: transformers.CLIPVisionModelWithProjection(config), _SEED).save_pretrained(path)
     clip_tokenizer().save_pretrained(path)
     return path
 
@@ -147,7 +141,7 @@ def make_siglip_text(path: Path) -> Path:
         ),
         vision_config=_tower(image_size=32, patch_size=8),
     )
-    _seeded(lambda: transformers.SiglipModel(config)).save_pretrained(path)
+    seeded(lambda: transformers.SiglipModel(config), _SEED).save_pretrained(path)
     transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

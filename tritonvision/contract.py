@@ -33,9 +33,11 @@ __all__ = [
     "DEFAULT_RESCALE_FACTOR",
     "EMBEDDINGS_OUTPUT",
     "ENSEMBLE_SUFFIX",
+    "ERRORS_SUFFIX",
     "HF_IMAGE_PROCESSORS",
     "IMAGES_INPUT",
     "INPUT_IDS",
+    "NPY_SUFFIX",
     "PARAM_CONTEXT_LENGTH",
     "PARAM_EMBEDDING_DIM",
     "PARAM_FAMILY",
@@ -48,6 +50,8 @@ __all__ = [
     "PARAM_PREPROCESSING",
     "PARAM_SOURCE",
     "PARAM_TRAINED",
+    "PARQUET_SUFFIX",
+    "PARTS_SUFFIX",
     "PIXELS_INPUT",
     "PREPROCESS_SUFFIX",
     "PUBLISHED_PARAMETERS",
@@ -55,6 +59,7 @@ __all__ = [
     "RUNTIME_PARAMETERS",
     "SIGLIP_MEAN",
     "SIGLIP_STD",
+    "SOURCES_SUFFIX",
     "TEXTS_INPUT",
     "TEXTS_SUFFIX",
     "TEXT_SUFFIX",
@@ -202,6 +207,21 @@ DEFAULT_METRICS_PORT = 8002
 # by itself above twice its global limit at open time, so larger values of ``max_pixels``
 # are capped there unless the application raises ``Image.MAX_IMAGE_PIXELS``.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+# ----------------------------------------------------------- embed's output layout
+
+# ``tritonvision embed --output BASE`` writes ``BASE`` + each suffix; ``tritonvision
+# search`` reads the first two back. Here so search need not import embed (and its client).
+NPY_SUFFIX = ".npy"
+"""``BASE.npy``: the (N, D) float32 embeddings, one row per input."""
+SOURCES_SUFFIX = ".sources.jsonl"
+"""``BASE.sources.jsonl``: line i is ``{"row": i, "source": KEY}``."""
+PARQUET_SUFFIX = ".parquet"
+"""``BASE.parquet``: the same rows as columns ``source`` and ``embedding``."""
+ERRORS_SUFFIX = ".errors.jsonl"
+"""``BASE.errors.jsonl``: one line per failed input."""
+PARTS_SUFFIX = ".parts"
+"""``BASE.parts/``: the work dir of an unfinished job."""
 
 # ------------------------------------------------------------------ preprocessing spec
 

@@ -23,8 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _local_servers import ImageSite
-from PIL import Image
+from _local_servers import ImageSite, encode, make_image
 
 from tritonvision.cli import main
 from tritonvision.client import VisionClient
@@ -44,27 +43,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # ------------------------------------------------------------------------- test data
 
 
-def make_image(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
-    """A deterministic, textured RGB image (different per seed)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([(x * (seed + 3)) % 256, (y * (seed + 5)) % 256, (x + y) * 2 % 256], -1)
-    noise = rng.integers(0, 40, size=(h, w, 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+_SIZE = (40, 30)
 
 
 def write_image(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    make_image(seed).save(path, format=fmt)
+    make_image(seed, _SIZE).save(path, format=fmt)
     return path
 
 
 def encode_png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    make_image(seed).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode(make_image(seed, _SIZE))
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
 
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2  # noqa: E402
-
-from tests._tiny_families import make_vit  # noqa: E402
-from tests._tiny_text import (  # noqa: E402
+from _tiny_families import make_vit  # noqa: E402
+from _tiny_text import (  # noqa: E402
     CLIP_CONTEXT_LENGTH,
     SIGLIP_CONTEXT_LENGTH,
     TEXT_CHECKPOINTS,
@@ -35,6 +32,9 @@ from tests._tiny_text import (  # noqa: E402
     reference_text_embeddings,
     tokenized_as_served,
 )
+from google.protobuf import text_format  # noqa: E402
+from tritonclient.grpc import model_config_pb2  # noqa: E402
+
 from tritonvision.cli import main as cli_main  # noqa: E402
 from tritonvision.contract import (  # noqa: E402
     ATTENTION_MASK,

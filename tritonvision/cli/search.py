@@ -158,19 +158,19 @@ def _embed_query(
     import numpy as np
 
     from tritonvision.client import VisionClient
-    from tritonvision.contract import texts_name
     from tritonvision.errors import TritonVisionError
 
-    text_model: str | None = args.text_model
-    served = (text_model or texts_name(model)) if args.text is not None else model
-    with VisionClient(args.server, model, config=config, text_model=text_model) as client:
+    with VisionClient(args.server, model, config=config, text_model=args.text_model) as client:
         try:
             if args.text is not None:
                 vector = client.embed_text(args.text).result()
             else:
                 vector = client.embed_image(args.image).result()
         except TritonVisionError as exc:
-            what = "the query text" if args.text is not None else f"the query image {args.image}"
+            if args.text is not None:
+                what, served = "the query text", client.text_model
+            else:
+                what, served = f"the query image {args.image}", model
             return f"cannot embed {what} with model {served!r} at {args.server}: {exc}"
     return np.asarray(vector, dtype=np.float32)
 

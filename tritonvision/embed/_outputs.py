@@ -29,6 +29,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from tritonvision.contract import (
+    ERRORS_SUFFIX,
+    NPY_SUFFIX,
+    PARQUET_SUFFIX,
+    PARTS_SUFFIX,
+    SOURCES_SUFFIX,
+)
+
 from ._atomic import deferred_signals, fsync_dir
 from ._errors import UsageError
 from ._inputs import InputItem
@@ -49,7 +57,7 @@ class OutputPaths:
     @classmethod
     def from_option(cls, output: str) -> OutputPaths:
         path = Path(os.path.expanduser(output))
-        if path.suffix.lower() in (".npy", ".parquet"):
+        if path.suffix.lower() in (NPY_SUFFIX, PARQUET_SUFFIX):
             path = path.with_suffix("")
         if not path.name or path.name in (".", ".."):
             raise UsageError(f"--output needs a file name, got {output!r}")
@@ -60,23 +68,23 @@ class OutputPaths:
 
     @property
     def npy(self) -> Path:
-        return self._with(".npy")
+        return self._with(NPY_SUFFIX)
 
     @property
     def sources(self) -> Path:
-        return self._with(".sources.jsonl")
+        return self._with(SOURCES_SUFFIX)
 
     @property
     def parquet(self) -> Path:
-        return self._with(".parquet")
+        return self._with(PARQUET_SUFFIX)
 
     @property
     def errors(self) -> Path:
-        return self._with(".errors.jsonl")
+        return self._with(ERRORS_SUFFIX)
 
     @property
     def parts(self) -> Path:
-        return self._with(".parts")
+        return self._with(PARTS_SUFFIX)
 
     def finished_outputs(self) -> list[Path]:
         """Outputs of a finished run that a new run would overwrite."""

@@ -29,28 +29,24 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tritonvision.contract import ERRORS_SUFFIX, NPY_SUFFIX, PARQUET_SUFFIX, SOURCES_SUFFIX
 from tritonvision.errors import InvalidInput
 
 from ._errors import DimensionMismatch, IndexFileError
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
-    "NPY_SUFFIX",
-    "SOURCES_SUFFIX",
     "EmbeddingIndex",
     "IndexPaths",
     "SearchHit",
     "top_k",
 ]
 
-NPY_SUFFIX = ".npy"
-SOURCES_SUFFIX = ".sources.jsonl"
-
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 """Bytes of rows scanned at once (131072 rows at D = 128, 32768 at D = 512)."""
 
 # What a user may pass as INDEX besides BASE: any of embed's output names.
-_KNOWN_SUFFIXES = (SOURCES_SUFFIX, ".errors.jsonl", NPY_SUFFIX, ".parquet")
+_KNOWN_SUFFIXES = (SOURCES_SUFFIX, ERRORS_SUFFIX, NPY_SUFFIX, PARQUET_SUFFIX)
 _READ_BLOCK = 1 << 20
 
 
